@@ -1,0 +1,21 @@
+"""bpgpu: multi-layer perceptrons trained by backpropagation with fused CUDA kernels.
+
+``import bpgpu`` touches no CUDA library; GPU backends load when first asked for.
+"""
+
+from __future__ import annotations
+
+from bpgpu.backends import BackendUnavailableError, available_backends, get_backend
+from bpgpu.optimizers import SGD, Adam, Optimizer, RMSprop
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SGD",
+    "Adam",
+    "BackendUnavailableError",
+    "Optimizer",
+    "RMSprop",
+    "available_backends",
+    "get_backend",
+]
