@@ -5,17 +5,25 @@
 
 from __future__ import annotations
 
+from bpgpu import ops
 from bpgpu.backends import BackendUnavailableError, available_backends, get_backend
+from bpgpu.history import History
+from bpgpu.model import MLP, TrainingDivergedError, load
 from bpgpu.optimizers import SGD, Adam, Optimizer, RMSprop
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MLP",
     "SGD",
     "Adam",
     "BackendUnavailableError",
+    "History",
     "Optimizer",
     "RMSprop",
+    "TrainingDivergedError",
     "available_backends",
     "get_backend",
+    "load",
+    "ops",
 ]
