@@ -54,6 +54,39 @@ def _times_derivative(d: np.ndarray, a: np.ndarray, activation: str) -> None:
         raise ValueError(f"activation must be one of sigmoid, relu, tanh, identity; got {activation!r}")
 
 
+def _row_max(M: np.ndarray) -> np.ndarray:
+    """max over each row. NumPy reduces a short axis slowly, so narrow rows go column by column."""
+    if M.shape[1] > 32:
+        return M.max(axis=1)
+    best = M[:, 0].copy()
+    for j in range(1, M.shape[1]):
+        np.maximum(best, M[:, j], out=best)
+    return best
+
+
+def _row_argmax(M: np.ndarray) -> np.ndarray:
+    """The first column holding each row's maximum, as ``M.argmax(axis=1)``."""
+    if M.shape[1] > 32:
+        return M.argmax(axis=1)
+    best = M[:, 0].copy()
+    index = np.zeros(M.shape[0], dtype=np.intp)
+    for j in range(1, M.shape[1]):
+        np.putmask(index, M[:, j] > best, j)
+        np.maximum(best, M[:, j], out=best)
+    return index
+
+
+def _count_correct(A: np.ndarray, Y: np.ndarray, output: str) -> int:
+    """Samples classified right: the largest output is the target's largest (softmax), or
+    every output is on the target's side of 1/2 (sigmoid); none for regression."""
+    if output == "softmax":
+        return int(np.count_nonzero(_row_argmax(A) == _row_argmax(Y)))
+    if output == "sigmoid":
+        wrong = (A > 0.5) != (Y > 0.5)
+        return A.shape[0] - int(np.count_nonzero(wrong.any(axis=1) if A.shape[1] > 1 else wrong))
+    return 0
+
+
 def _softplus(z: np.ndarray) -> np.ndarray:
     """log(1 + e^z), without overflow."""
     return np.logaddexp(0, z)
@@ -61,6 +94,9 @@ def _softplus(z: np.ndarray) -> np.ndarray:
 
 class NumpyBackend(Backend):
     name = "numpy"
+
+    def __init__(self) -> None:
+        self._ones_cache: dict[tuple[int, np.dtype], np.ndarray] = {}
 
     # ---- memory -----------------------------------------------------------------------------
 
@@ -85,10 +121,10 @@ class NumpyBackend(Backend):
     # ---- fused ops ----------------------------------------------------------------------------
 
     def dense_forward(self, X: Array, W: Array, b: Array, activation: str, out: Array) -> Array:
-        # Z = X W + b, A = f(Z): one matrix product, then bias and activation block by block
-        np.matmul(X, W, out=out)
-        for rows in _block(out.shape[0], out.shape[1]):
+        # Z = X W + b, A = f(Z), a block of rows at a time so the epilogue finds Z in cache
+        for rows in _block(out.shape[0], max(X.shape[1], out.shape[1])):
             z = out[rows]
+            np.matmul(X[rows], W, out=z)
             z += b
             _activate(z, activation)
         return out
@@ -96,9 +132,9 @@ class NumpyBackend(Backend):
     def output_forward(self, Z: Array, output: str, out: Array) -> Array:
         if output == "softmax":
             # p_j = e^(z_j - max z) / sum_k e^(z_k - max z)
-            np.subtract(Z, Z.max(axis=1, keepdims=True), out=out)
+            np.subtract(Z, _row_max(Z)[:, None], out=out)
             np.exp(out, out=out)
-            out /= out.sum(axis=1, keepdims=True)
+            out /= (out @ self._ones(out.shape[1], out.dtype))[:, None]
         elif output in ("sigmoid", "identity"):
             np.copyto(out, Z)
             _activate(out, output)
@@ -109,51 +145,60 @@ class NumpyBackend(Backend):
     def output_delta(
         self, Z: Array, Y: Array, output: str, loss: str, out_A: Array, out_D: Array, stats: Array
     ) -> None:
-        m = Z.shape[0]
-        A = self.output_forward(Z, output, out_A)
-        np.subtract(A, Y, out=out_D)  # A - Y, the delta of every matched pair before scaling
+        m, n = Z.shape
+        ones = self._ones(n, Z.dtype)
         if output == "softmax" and loss == "cross_entropy":
-            # per sample: -sum_j y_j log p_j, log p_j = z_j - max z - log sum_k e^(z_k - max z);
-            # dL/dz = p - y
-            zmax = Z.max(axis=1, keepdims=True)
-            logsum = np.log(np.exp(Z - zmax).sum(axis=1, keepdims=True))
-            total = -np.sum(Y * (Z - zmax - logsum))
-        elif output == "sigmoid" and loss == "cross_entropy":
-            # per sample: -sum_j y log a + (1-y) log(1-a) = sum_j softplus(z) - y z; dL/dz = a - y
-            total = np.sum(_softplus(Z) - Y * Z)
-        elif loss == "mse":
-            # per sample: 1/2 sum_j (a_j - y_j)^2; dL/dz = J^T (a - y), J the output's Jacobian
-            total = 0.5 * np.sum(out_D * out_D, dtype=np.float64)
-            if output == "sigmoid":
-                _times_derivative(out_D, A, "sigmoid")
-            elif output == "softmax":  # J = diag(p) - p p^T: g <- p * (g - <p, g>)
-                out_D -= np.sum(A * out_D, axis=1, keepdims=True)
-                out_D *= A
+            # per sample: -sum_j y_j log p_j with log p_j = (z_j - max z) - log s,
+            # s = sum_k e^(z_k - max z); dL/dz = p - y
+            A = out_A
+            np.subtract(Z, _row_max(Z)[:, None], out=A)
+            total = -float(np.vdot(Y, A))
+            np.exp(A, out=A)
+            s = A @ ones
+            A /= s[:, None]
+            total += float(np.dot(np.log(s), Y @ ones))
+            np.subtract(A, Y, out=out_D)
         else:
-            raise ValueError(f"output={output!r} cannot be trained with loss={loss!r}")
-        out_D /= m
-        stats[0] += float(total)
-        stats[1] += self._count_correct(A, Y, output)
-
-    @staticmethod
-    def _count_correct(A: np.ndarray, Y: np.ndarray, output: str) -> int:
-        if output == "softmax":
-            return int(np.count_nonzero(A.argmax(axis=1) == Y.argmax(axis=1)))
-        if output == "sigmoid":
-            return int(np.count_nonzero(np.all((A > 0.5) == (Y > 0.5), axis=1)))
-        return 0
+            A = self.output_forward(Z, output, out_A)
+            np.subtract(A, Y, out=out_D)  # a - y
+            if output == "sigmoid" and loss == "cross_entropy":
+                # per sample: -sum_j y log a + (1-y) log(1-a) = sum_j softplus(z) - y z;
+                # dL/dz = a - y
+                total = float(np.sum(_softplus(Z), dtype=np.float64)) - float(np.vdot(Y, Z))
+            elif loss == "mse":
+                # per sample: 1/2 sum_j (a_j - y_j)^2; dL/dz = J^T (a - y), J the output's Jacobian
+                total = 0.5 * float(np.vdot(out_D, out_D))
+                if output == "sigmoid":
+                    _times_derivative(out_D, A, "sigmoid")
+                elif output == "softmax":  # J = diag(p) - p p^T: g <- p * (g - <p, g>)
+                    out_D -= ((A * out_D) @ ones)[:, None]
+                    out_D *= A
+            else:
+                raise ValueError(f"output={output!r} cannot be trained with loss={loss!r}")
+        out_D *= 1.0 / m
+        stats[0] += total
+        stats[1] += _count_correct(A, Y, output)
 
     def delta_backward(self, D: Array, W: Array, A_prev: Array, activation: str, out: Array) -> Array:
-        # D_prev = (D W^T) * f'(A_prev)
-        np.matmul(D, W.T, out=out)
-        for rows in _block(out.shape[0], out.shape[1]):
-            _times_derivative(out[rows], A_prev[rows], activation)
+        # D_prev = (D W^T) * f'(A_prev), a block of rows at a time
+        for rows in _block(out.shape[0], max(D.shape[1], out.shape[1])):
+            d = out[rows]
+            np.matmul(D[rows], W.T, out=d)
+            _times_derivative(d, A_prev[rows], activation)
         return out
 
     def weight_gradient(self, A_prev: Array, D: Array, out_W: Array, out_b: Array) -> None:
-        # dW = A^T D, db = sum over the batch of D
+        # dW = A^T D, db = sum over the batch of D (as 1^T D: a matrix-vector product is much
+        # faster than NumPy's reduction along the long axis)
         np.matmul(A_prev.T, D, out=out_W)
-        np.sum(D, axis=0, out=out_b)
+        np.matmul(self._ones(D.shape[0], D.dtype), D, out=out_b)
+
+    def _ones(self, n: int, dtype: np.dtype) -> np.ndarray:
+        key = (n, np.dtype(dtype))
+        ones = self._ones_cache.get(key)
+        if ones is None:
+            ones = self._ones_cache[key] = np.ones(n, dtype=dtype)
+        return ones
 
     def weight_update(self, A_prev: Array, D: Array, W: Array, b: Array, state: OptimizerState) -> None:
         scratch = state.scratch
