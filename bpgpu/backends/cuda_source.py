@@ -1,0 +1,159 @@
+"""Where the CUDA C kernels live, what their entry points are called, and how they are launched.
+
+Shared by the CuPy backend, the NVRTC/CMake compile checks and the CPU emulation tests, so all
+three use the same sources, names, tunables and launch geometry. No CUDA import here.
+
+The sources are ``kernels/*.cu`` in a checkout and the package data ``bpgpu.kernels`` when
+installed. One file per kernel family (see each file's opening comment for the math).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+#: kernel family -> source file
+FAMILIES: dict[str, str] = {
+    "dense_forward": "dense_forward.cu",
+    "delta_backward": "delta_backward.cu",
+    "output": "output.cu",
+    "weight_update": "weight_update.cu",
+    "gather": "gather.cu",
+}
+
+#: the tunables every build passes explicitly (the headers' #ifndef defaults are the same)
+TUNABLES: dict[str, int] = {
+    "TILE_M": 64,
+    "TILE_N": 64,
+    "TILE_K": 16,
+    "THREAD_M": 4,
+    "THREAD_N": 4,
+    "ROW_THREADS": 128,
+    "REDUCE_THREADS": 256,
+    "ELEMENT_THREADS": 256,
+}
+GEMM_THREADS = (TUNABLES["TILE_M"] // TUNABLES["THREAD_M"]) * (TUNABLES["TILE_N"] // TUNABLES["THREAD_N"])
+
+#: optimizer kind (and SGD variant) -> kernel name part, see kernels/optimizers.cuh
+OPTIMIZER_KERNELS = ("store", "sgd", "momentum", "nesterov", "rmsprop", "adam")
+
+#: the GPU architectures the fatbin is built for
+ARCHITECTURES = ("80", "86", "89", "90")
+
+#: at most this many blocks for the grid-stride elementwise kernels
+_MAX_ELEMENT_BLOCKS = 65535
+
+
+def kernel_dir() -> Path:
+    """The folder holding the ``.cu`` sources (installed package data, else the checkout's)."""
+    try:
+        installed = Path(str(resources.files("bpgpu.kernels")))
+        if (installed / "common.cuh").is_file():
+            return installed
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parents[2] / "kernels"
+
+
+def source_files() -> list[Path]:
+    """Every kernel source and header, sorted by name."""
+    d = kernel_dir()
+    return sorted([*d.glob("*.cu"), *d.glob("*.cuh")])
+
+
+def sources_hash() -> str:
+    """sha256 over the kernel sources and the tunables: names a compiled module in a cache."""
+    h = hashlib.sha256(repr(sorted(TUNABLES.items())).encode())
+    for path in source_files():
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def defines() -> list[str]:
+    """``-DNAME=value`` for every tunable."""
+    return [f"-D{k}={v}" for k, v in TUNABLES.items()]
+
+
+def suffix(dtype: np.dtype) -> str:
+    """The entry-point suffix for an array dtype: f32 or f64."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float32:
+        return "f32"
+    if dtype == np.float64:
+        return "f64"
+    raise TypeError(f"the CUDA kernels take float32 or float64 arrays; got {dtype}")
+
+
+def optimizer_kernel(optimizer) -> str:
+    """The weight_update variant for an Optimizer (or None: the plain gradient store)."""
+    if optimizer is None:
+        return "store"
+    if optimizer.kind == "sgd":
+        if not optimizer.momentum:
+            return "sgd"
+        return "nesterov" if optimizer.nesterov else "momentum"
+    return optimizer.kind
+
+
+def optimizer_args(optimizer) -> tuple[float, float, float, float, float]:
+    """(lr, wd, h1, h2, eps) as the weight_update kernels take them (optimizers.cuh)."""
+    if optimizer is None:
+        return (0.0, 0.0, 0.0, 0.0, 0.0)
+    p = optimizer.params()
+    h1 = p.get("momentum", p.get("rho", p.get("beta1", 0.0)))
+    return (p["lr"], p.get("weight_decay", 0.0), float(h1), p.get("beta2", 0.0), p.get("eps", 0.0))
+
+
+# ---- launch geometry: (grid, block) --------------------------------------------------------------
+
+Geometry = tuple[tuple[int, int, int], tuple[int, int, int]]
+
+
+def gemm_geometry(rows: int, cols: int, splits: int = 1) -> Geometry:
+    """Blocks covering a (rows, cols) output with TILE_M x TILE_N tiles, ``splits`` deep."""
+    return (
+        (math.ceil(cols / TUNABLES["TILE_N"]), math.ceil(rows / TUNABLES["TILE_M"]), splits),
+        (GEMM_THREADS, 1, 1),
+    )
+
+
+def row_geometry(m: int) -> Geometry:
+    """One thread per row."""
+    t = TUNABLES["ROW_THREADS"]
+    return (math.ceil(m / t), 1, 1), (t, 1, 1)
+
+
+def reduce_geometry() -> Geometry:
+    """The single block of the deterministic reductions."""
+    return (1, 1, 1), (TUNABLES["REDUCE_THREADS"], 1, 1)
+
+
+def element_geometry(total: int) -> Geometry:
+    """Elementwise kernels: one thread per element (grid-stride beyond the cap)."""
+    t = TUNABLES["ELEMENT_THREADS"]
+    return (max(1, min(math.ceil(total / t), _MAX_ELEMENT_BLOCKS)), 1, 1), (t, 1, 1)
+
+
+def split_count(m: int, k: int, n: int, target_blocks: int) -> int:
+    """How many slices of the batch the weight gradient takes (1: the fused single pass).
+
+    Split when W's (k, n) tiles are too few to occupy ``target_blocks`` blocks and each slice
+    still keeps at least 8 TILE_K steps of the batch, so the partial sums are worth their
+    memory traffic.
+    """
+    tiles = math.ceil(k / TUNABLES["TILE_M"]) * math.ceil(n / TUNABLES["TILE_N"])
+    if tiles >= target_blocks:
+        return 1
+    most = m // (8 * TUNABLES["TILE_K"])
+    return max(1, min(math.ceil(target_blocks / tiles), most))
+
+
+def rows_per_split(m: int, splits: int) -> int:
+    """Batch rows per slice, a multiple of TILE_K so slices align with the shared-memory steps."""
+    step = TUNABLES["TILE_K"]
+    return math.ceil(math.ceil(m / splits) / step) * step

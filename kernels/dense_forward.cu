@@ -1,0 +1,44 @@
+// dense_forward.cu: one layer's forward pass, a tiled GEMM with a bias + activation epilogue.
+//
+//   out = f(X @ W + b)      X: (m, k)  W: (k, n)  b: (n,)  out: (m, n), all row-major
+//
+// Launch: grid (ceil(n / TILE_N), ceil(m / TILE_M)), block GEMM_THREADS (256 by default); each
+// thread keeps a THREAD_M x THREAD_N register block (gemm.cuh). Any m, k, n >= 1.
+// Entry points: dense_forward_<activation>_<f32|f64>(X, W, b, out, m, k, n).
+#include "activations.cuh"
+#include "gemm.cuh"
+
+template <class T, int A>
+__device__ void dense_forward(const T* __restrict__ X, const T* __restrict__ W, const T* __restrict__ b,
+                              T* __restrict__ out, int m, int k, int n) {
+  const int row0 = blockIdx.y * TILE_M, col0 = blockIdx.x * TILE_N;
+  T acc[THREAD_M][THREAD_N], unused[THREAD_N];
+  gemm_tile<T, false, false>(X, k, W, n, m, n, 0, k, row0, col0, acc, unused, false);
+  T bias[THREAD_N];
+#pragma unroll
+  for (int j = 0; j < THREAD_N; ++j) {
+    const int c = tile_col(col0, j);
+    bias[j] = c < n ? b[c] : T(0);
+  }
+#pragma unroll
+  for (int i = 0; i < THREAD_M; ++i) {
+    const int r = tile_row(row0, i);
+    if (r >= m) continue;
+#pragma unroll
+    for (int j = 0; j < THREAD_N; ++j) {
+      const int c = tile_col(col0, j);
+      if (c < n) out[(long long)r * n + c] = activate<A>(acc[i][j] + bias[j]);
+    }
+  }
+}
+
+#define DENSE_FORWARD_ENTRY(T, SUF, NAME, A)                                                     \
+  extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                     \
+      dense_forward_##NAME##_##SUF(const T* X, const T* W, const T* b, T* out, int m, int k, int n) { \
+    dense_forward<T, A>(X, W, b, out, m, k, n);                                                  \
+  }                                                                                              \
+  BPGPU_REGISTER(dense_forward_##NAME##_##SUF)
+#define DENSE_FORWARD_F32(NAME, A) DENSE_FORWARD_ENTRY(float, f32, NAME, A)
+#define DENSE_FORWARD_F64(NAME, A) DENSE_FORWARD_ENTRY(double, f64, NAME, A)
+BPGPU_ACTIVATIONS(DENSE_FORWARD_F32)
+BPGPU_ACTIVATIONS(DENSE_FORWARD_F64)

@@ -1,0 +1,120 @@
+// weight_update.cu: weight and bias gradients with the optimizer step fused in the epilogue.
+//
+//   dW = A^T @ D     db = sum over rows of D     W, b <- optimizer(W, b, dW, db)  (in place)
+//   A: (m, k)  D: (m, n)  W, dW: (k, n)  b, db: (n,), all row-major
+//
+// Fused path, weight_update_<opt>_<f32|f64>: grid (ceil(n / TILE_N), ceil(k / TILE_M)), block
+// GEMM_THREADS. A thread owns its dW register block over the whole batch, so it applies the
+// step to W where dW sits, without writing dW. Blocks of tile row 0 also sum D's columns (the
+// inner loop already stages them) and update b. A^T is read in place. opt = store writes dW, db
+// into W, b instead (weight_gradient).
+//
+// Split-batch path, for a long batch and a small W (few output tiles to fill the GPU):
+//   weight_partial_<f32|f64>: grid (ceil(n / TILE_N), ceil(k / TILE_M), splits); split z sums
+//     rows [z * rows_per_split, (z + 1) * rows_per_split) into partW[z] (k, n), partb[z] (n,).
+//   weight_finish_<opt>_<f32|f64>: grid ceil((k * n + n) / ELEMENT_THREADS), ELEMENT_THREADS
+//     threads; sums the splits in order z = 0, 1, ... (deterministic: no atomics) and steps.
+// Optimizer arguments (step, lr, wd, h1, h2, eps) are described in optimizers.cuh.
+#include "gemm.cuh"
+#include "optimizers.cuh"
+
+template <class T, int O>
+__device__ void weight_update(const T* __restrict__ A, const T* __restrict__ D, T* W, T* b, T* sW1, T* sW2,
+                              T* sb1, T* sb2, const OptArgs<T>& o, int m, int k, int n) {
+  const int row0 = blockIdx.y * TILE_M, col0 = blockIdx.x * TILE_N;
+  const bool bias_block = blockIdx.y == 0;
+  T acc[THREAD_M][THREAD_N], colsum[THREAD_N];
+  gemm_tile<T, true, false>(A, k, D, n, k, n, 0, m, row0, col0, acc, colsum, bias_block);
+#pragma unroll
+  for (int i = 0; i < THREAD_M; ++i) {
+    const int r = tile_row(row0, i);
+    if (r >= k) continue;
+#pragma unroll
+    for (int j = 0; j < THREAD_N; ++j) {
+      const int c = tile_col(col0, j);
+      if (c < n) opt_apply_weight<T, O>(W, (long long)r * n + c, acc[i][j], sW1, sW2, o);
+    }
+  }
+  if (bias_block && threadIdx.x < GEMM_THREADS_N) {
+#pragma unroll
+    for (int j = 0; j < THREAD_N; ++j) {
+      const int c = tile_col(col0, j);
+      if (c < n) opt_apply<T, O>(b, c, colsum[j], sb1, sb2, o);
+    }
+  }
+}
+
+template <class T>
+__device__ void weight_partial(const T* __restrict__ A, const T* __restrict__ D, T* __restrict__ partW,
+                               T* __restrict__ partb, int m, int k, int n, int rows_per_split) {
+  const int row0 = blockIdx.y * TILE_M, col0 = blockIdx.x * TILE_N;
+  const int z = blockIdx.z;
+  const int kb = z * rows_per_split;
+  const int ke = kb + rows_per_split < m ? kb + rows_per_split : m;
+  const bool bias_block = blockIdx.y == 0;
+  T acc[THREAD_M][THREAD_N], colsum[THREAD_N];
+  gemm_tile<T, true, false>(A, k, D, n, k, n, kb, ke, row0, col0, acc, colsum, bias_block);
+  T* Wz = partW + (long long)z * k * n;
+#pragma unroll
+  for (int i = 0; i < THREAD_M; ++i) {
+    const int r = tile_row(row0, i);
+    if (r >= k) continue;
+#pragma unroll
+    for (int j = 0; j < THREAD_N; ++j) {
+      const int c = tile_col(col0, j);
+      if (c < n) Wz[(long long)r * n + c] = acc[i][j];
+    }
+  }
+  if (bias_block && threadIdx.x < GEMM_THREADS_N) {
+#pragma unroll
+    for (int j = 0; j < THREAD_N; ++j) {
+      const int c = tile_col(col0, j);
+      if (c < n) partb[(long long)z * n + c] = colsum[j];
+    }
+  }
+}
+
+template <class T, int O>
+__device__ void weight_finish(const T* __restrict__ partW, const T* __restrict__ partb, int splits, T* W, T* b,
+                              T* sW1, T* sW2, T* sb1, T* sb2, const OptArgs<T>& o, int k, int n) {
+  const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  const long long kn = (long long)k * n;
+  if (e < kn) {
+    T g = T(0);
+    for (int z = 0; z < splits; ++z) g += partW[z * kn + e];
+    opt_apply_weight<T, O>(W, e, g, sW1, sW2, o);
+  } else if (e < kn + n) {
+    const long long c = e - kn;
+    T g = T(0);
+    for (int z = 0; z < splits; ++z) g += partb[(long long)z * n + c];
+    opt_apply<T, O>(b, c, g, sb1, sb2, o);
+  }
+}
+
+#define OPT_PARAMS const int *step, double lr, double wd, double h1, double h2, double eps
+#define WEIGHT_UPDATE_ENTRY(T, SUF, NAME, O)                                                               \
+  extern "C" __global__ void __launch_bounds__(GEMM_THREADS) weight_update_##NAME##_##SUF(               \
+      const T* A, const T* D, T* W, T* b, T* sW1, T* sW2, T* sb1, T* sb2, OPT_PARAMS, int m, int k, int n) { \
+    const OptArgs<T> o = opt_args<T, O>(step, lr, wd, h1, h2, eps);                                       \
+    weight_update<T, O>(A, D, W, b, sW1, sW2, sb1, sb2, o, m, k, n);                                      \
+  }                                                                                                        \
+  BPGPU_REGISTER(weight_update_##NAME##_##SUF)                                                             \
+  extern "C" __global__ void __launch_bounds__(ELEMENT_THREADS) weight_finish_##NAME##_##SUF(            \
+      const T* partW, const T* partb, int splits, T* W, T* b, T* sW1, T* sW2, T* sb1, T* sb2, OPT_PARAMS,  \
+      int k, int n) {                                                                                      \
+    const OptArgs<T> o = opt_args<T, O>(step, lr, wd, h1, h2, eps);                                       \
+    weight_finish<T, O>(partW, partb, splits, W, b, sW1, sW2, sb1, sb2, o, k, n);                         \
+  }                                                                                                        \
+  BPGPU_REGISTER(weight_finish_##NAME##_##SUF)
+#define WEIGHT_UPDATE_F32(NAME, O) WEIGHT_UPDATE_ENTRY(float, f32, NAME, O)
+#define WEIGHT_UPDATE_F64(NAME, O) WEIGHT_UPDATE_ENTRY(double, f64, NAME, O)
+BPGPU_OPTIMIZERS(WEIGHT_UPDATE_F32)
+BPGPU_OPTIMIZERS(WEIGHT_UPDATE_F64)
+
+#define WEIGHT_PARTIAL_ENTRY(T, SUF)                                                                        \
+  extern "C" __global__ void __launch_bounds__(GEMM_THREADS) weight_partial_##SUF(                         \
+      const T* A, const T* D, T* partW, T* partb, int m, int k, int n, int rows_per_split) {                \
+    weight_partial<T>(A, D, partW, partb, m, k, n, rows_per_split);                                         \
+  }                                                                                                         \
+  BPGPU_REGISTER(weight_partial_##SUF)
+BPGPU_TYPES(WEIGHT_PARTIAL_ENTRY)
