@@ -1,0 +1,215 @@
+"""The benchmark report: machine facts, JSON with every figure, a Markdown table, PNG plots."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(cmd: list[str]) -> str | None:
+    try:
+        return subprocess.run(
+            cmd, capture_output=True, text=True, timeout=10, check=True, cwd=ROOT
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_facts() -> dict[str, str] | None:
+    """Name and driver of the first GPU from nvidia-smi; None without one."""
+    out = _run(
+        ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
+    )
+    if not out:
+        return None
+    name, driver, memory = (s.strip() for s in out.splitlines()[0].split(","))
+    return {"name": name, "driver": driver, "memory": memory}
+
+
+def versions() -> dict[str, str]:
+    import bpgpu
+
+    found = {"python": sys.version.split()[0], "numpy": np.__version__, "bpgpu": bpgpu.__version__}
+    for mod in ("torch", "cupy", "numba", "matplotlib"):
+        try:
+            found[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 -- absent or broken: the report says so
+            found[mod] = "not installed"
+    return found
+
+
+def kernel_hashes() -> dict[str, str]:
+    """sha256 of each file under kernels/ and of them all together (sorted by path)."""
+    kdir = ROOT / "kernels"
+    files = sorted(p for p in kdir.rglob("*") if p.is_file()) if kdir.is_dir() else []
+    each = {str(p.relative_to(ROOT)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    whole = hashlib.sha256("".join(f"{k}:{v}\n" for k, v in each.items()).encode()).hexdigest()
+    return {"all": whole, **each}
+
+
+def machine() -> dict:
+    commit = _run(["git", "rev-parse", "HEAD"])
+    dirty = _run(["git", "status", "--porcelain", "--", "bpgpu", "kernels"])
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "gpu": gpu_facts(),
+        "versions": versions(),
+        "git_commit": commit,
+        "git_dirty": bool(dirty),
+        "kernels_sha256": kernel_hashes(),
+    }
+
+
+# ---- Markdown -------------------------------------------------------------------------------
+
+
+def markdown(report: dict) -> str:
+    systems = report["systems"]
+    rows = report["rows"]
+    m = report["machine"]
+    s = report["settings"]
+    quick = (
+        f" (QUICK: fewer repeats, batches capped at {s['quick_max_batch']})" if s["quick"] else ""
+    )
+    gpu = f"{m['gpu']['name']} (driver {m['gpu']['driver']})" if m["gpu"] else "none"
+    dirty = " (dirty)" if m["git_dirty"] else ""
+    vers = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+    ceil = ", ".join(
+        f"{d}: {c['matmul_gflops']:.0f} GFLOP/s matmul, {c['copy_gbs']:.1f} GB/s copy"
+        for d, c in report["ceilings"].items()
+    )
+    lines = [
+        f"# bpgpu benchmark{quick}",
+        "",
+        (
+            f"Machine: {m['cpu']}, {m['cores']} cores; GPU: {gpu}; "
+            f"load average at start {m['load_average']}; commit {m['git_commit']}{dirty}."
+        ),
+        f"Versions: {vers}.",
+        f"Ceilings: {ceil}.",
+        f"Settings: {json.dumps(s)}.",
+        "",
+        (
+            "Step time (forward, backward, update), median ms [IQR] over interleaved repeats; "
+            "x = speed-up against PyTorch eager (>1: faster than PyTorch); % = fraction of the "
+            "floor max(FLOPs / matmul rate, bytes / copy bandwidth) reached."
+        ),
+        "",
+    ]
+    header = ["workload", "optimizer", *systems]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [r["workload"], r["optimizer"]]
+        for s in systems:
+            res = r["results"].get(s)
+            if res is None:
+                cells.append("-")
+            elif "median_ms" not in res:
+                cells.append(res.get("status", "-"))
+            else:
+                c = f"{res['median_ms']:.3g} [{res['iqr_ms']:.2g}]"
+                if res.get("speedup_vs_torch") is not None:
+                    c += f" {res['speedup_vs_torch']:.2f}x"
+                c += f" {100 * res['fraction_of_floor']:.0f}%"
+                cells.append(c)
+        lines.append("| " + " | ".join(cells) + " |")
+    drift = [r for r in rows if any("drift" in v for v in r["results"].values())]
+    if drift:
+        lines += [
+            "",
+            "Step time after many steps (denormal watch): median ms before -> after N more steps, subnormal fraction of optimizer state.",
+            "",
+        ]
+        lines += [
+            "| workload | optimizer | system | steps | before ms | after ms | ratio | subnormal |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in drift:
+            for s, v in r["results"].items():
+                d = v.get("drift")
+                if d:
+                    lines.append(
+                        f"| {r['workload']} | {r['optimizer']} | {s} | {d['steps']} | {v['median_ms']:.3g} | "
+                        f"{d['median_ms']:.3g} | {d['median_ms'] / v['median_ms']:.2f} | {d['subnormal_fraction']:.2e} |"
+                    )
+    return "\n".join(lines) + "\n"
+
+
+# ---- plots ----------------------------------------------------------------------------------
+
+
+def plots(report: dict, out: Path) -> list[str]:
+    """step_time.png, speedup.png and ceiling.png; returns the file names written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["rows"]
+    systems = [
+        s for s in report["systems"] if any("median_ms" in r["results"].get(s, {}) for r in rows)
+    ]
+    labels = [f"{r['workload']}\n{r['optimizer']}" for r in rows]
+    x = np.arange(len(rows))
+    width = 0.8 / max(len(systems), 1)
+    title = "bpgpu benchmark" + (" (quick)" if report["settings"]["quick"] else "")
+    written = []
+
+    def bars(
+        key: str, fname: str, ylabel: str, log: bool, names: list[str], scale: float = 1.0
+    ) -> None:
+        fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 4.5))
+        for j, s in enumerate(names):
+            vals = [r["results"].get(s, {}).get(key) for r in rows]
+            ax.bar(
+                x + j * width, [np.nan if v is None else v * scale for v in vals], width, label=s
+            )
+        if key == "speedup_vs_torch":
+            ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_xticks(x + width * (len(names) - 1) / 2, labels, fontsize=7)
+        ax.set_ylabel(ylabel)
+        if log:
+            ax.set_yscale("log")
+        ax.set_title(
+            f"{title}: {report['machine']['cpu'][:40]}"
+            + (f" / {report['machine']['gpu']['name']}" if report["machine"]["gpu"] else ""),
+            fontsize=9,
+        )
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / fname, dpi=110)
+        plt.close(fig)
+        written.append(fname)
+
+    bars("median_ms", "step_time.png", "step time, ms (median)", True, systems)
+    bars(
+        "speedup_vs_torch",
+        "speedup.png",
+        "speed-up vs PyTorch eager",
+        False,
+        [s for s in systems if not s.startswith("torch")],
+    )
+    bars("fraction_of_floor", "ceiling.png", "fraction of the floor, %", False, systems, 100.0)
+    return written
