@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _limit_threads(n: int | None) -> None:
+def limit_threads(n: int | None) -> None:
     if n is None:
         return
     try:
@@ -160,7 +160,7 @@ def _default_out(gpu_name: str | None, quick: bool) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _limit_threads(args.threads)
+    limit_threads(args.threads)
     workloads = args.workload or SUITES[args.suite]
     if args.quick:
         workloads = [w.shrunk(QUICK_MAX_BATCH) for w in workloads]
@@ -203,9 +203,9 @@ def main(argv: list[str] | None = None) -> int:
                     results[n] = {"status": f"failed: {type(exc).__name__}: {exc}"[:200]}
             for n, res in timed.items():
                 results[n] = {**res, "device": ready[n].device}
-            if args.drift_steps and timed:
+            if args.drift_steps and timed and opt.slots:  # state that can decay
                 slowest = max(r["median_ms"] for r in timed.values()) / 1e3
-                steps = max(1, min(args.drift_steps, int(60.0 / slowest)))
+                steps = max(1, min(args.drift_steps, int(30.0 / slowest)))
                 for n, p in ready.items():
                     start = timed[n]["steps_run"]
                     for i in range(start, start + steps):
