@@ -10,6 +10,7 @@ their speed or about races between real threads.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import shutil
 import subprocess
@@ -41,13 +42,17 @@ OPTIMIZERS = {
 def cpu_lib(tmp_path_factory) -> ctypes.CDLL:
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")
     if not cxx:
-        pytest.skip("no C++ compiler (g++ or clang++) to build the CPU emulation of the CUDA kernels")
+        pytest.skip(
+            "no C++ compiler (g++ or clang++) to build the CPU emulation of the CUDA kernels"
+        )
     main = cs.kernel_dir() / "cpu" / "cpu_kernels.cpp"
     if not main.is_file():
-        pytest.skip(f"{main} is missing: the CPU emulation is in a source checkout, not an installed package")
+        pytest.skip(
+            f"{main} is missing: the CPU emulation is in a source checkout, not an installed package"
+        )
     lib = tmp_path_factory.mktemp("cpu-kernels") / f"libbpgpu_cpu_{cs.sources_hash()[:16]}.so"
     cmd = [cxx, "-O1", "-std=c++17", "-shared", "-fPIC", *cs.defines(), str(main), "-o", str(lib)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         pytest.fail(f"building the CPU emulation failed:\n{' '.join(cmd)}\n{done.stderr[-4000:]}")
     dll = ctypes.CDLL(str(lib))
@@ -99,8 +104,12 @@ class CpuKernels(KernelOps):
                 values.append(ctypes.c_double(float(a)))
             else:
                 raise TypeError(f"kernel {name}: argument of type {type(a).__name__}")
-        argv = (ctypes.c_void_p * len(values))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
-        rc = self._lib.bpgpu_cpu_launch(name.encode(), (ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), argv)
+        argv = (ctypes.c_void_p * len(values))(
+            *[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values]
+        )
+        rc = self._lib.bpgpu_cpu_launch(
+            name.encode(), (ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), argv
+        )
         if rc != 0:
             raise RuntimeError(f"kernel {name} is not in the CPU build ({shapes})")
         self.launched.append(name)
@@ -145,7 +154,10 @@ def reference(op, dtype, *args, outputs):
 
 
 def _run(op, dtype, args, outputs):
-    conv = [a.astype(dtype) if isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.ndim else a for a in args]
+    conv = [
+        a.astype(dtype) if isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.ndim else a
+        for a in args
+    ]
     op(*conv)
     return [conv[i] for i in outputs]
 
@@ -159,7 +171,9 @@ def test_dense_forward(cpu_lib, shape, activation, dtype):
     X, W, b = rand(rng, m, k, dtype=dtype), rand(rng, k, n, dtype=dtype), rand(rng, n, dtype=dtype)
     out = poisoned((m, n), dtype)
     CpuKernels(cpu_lib).dense_forward(X, W, b, activation, out)
-    (r64,), (r32,) = reference(REF.dense_forward, dtype, X, W, b, activation, np.zeros((m, n)), outputs=[4])
+    (r64,), (r32,) = reference(
+        REF.dense_forward, dtype, X, W, b, activation, np.zeros((m, n)), outputs=[4]
+    )
     assert_close(out, r64, r32, f"dense_forward {activation} {shape}")
 
 
@@ -174,7 +188,9 @@ def test_delta_backward(cpu_lib, shape, activation, dtype):
     A[A < -0.3] = 0  # relu's zeros
     out = poisoned((m, k), dtype)
     CpuKernels(cpu_lib).delta_backward(D, W, A, activation, out)
-    (r64,), (r32,) = reference(REF.delta_backward, dtype, D, W, A, activation, np.zeros((m, k)), outputs=[4])
+    (r64,), (r32,) = reference(
+        REF.delta_backward, dtype, D, W, A, activation, np.zeros((m, k)), outputs=[4]
+    )
     assert_close(out, r64, r32, f"delta_backward {activation} {shape}")
 
 
@@ -216,14 +232,23 @@ def test_output_delta(cpu_lib, shape, pair, dtype):
     s64, s32 = np.array([1.5, 2.0]), np.array([1.5, 2.0])
     (a64, d64), (a32, d32) = reference(
         lambda *a: REF.output_delta(*a, s64 if a[0].dtype == np.float64 else s32),
-        dtype, Z, Y, output, loss, np.zeros(shape), np.zeros(shape), outputs=[4, 5],
+        dtype,
+        Z,
+        Y,
+        output,
+        loss,
+        np.zeros(shape),
+        np.zeros(shape),
+        outputs=[4, 5],
     )
     assert_close(A, a64, a32, f"output_delta A {pair} {shape}")
     assert_close(D, d64, d32, f"output_delta D {pair} {shape}")
     ref_loss32 = None if dtype == np.float64 else s32[:1]
     assert_close(stats[:1], s64[:1], ref_loss32, f"output_delta loss {pair} {shape}", floor=1e-5)
     # the count of right answers may differ only where float32 rounding flips a tie or a 1/2
-    assert abs(stats[1] - s64[1]) <= (0 if dtype == np.float64 else max(1, abs(s32[1] - s64[1]) * 2))
+    assert abs(stats[1] - s64[1]) <= (
+        0 if dtype == np.float64 else max(1, abs(s32[1] - s64[1]) * 2)
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -236,7 +261,9 @@ def test_weight_gradient(cpu_lib, split, dtype):
     ops = CpuKernels(cpu_lib, target_blocks=64 if split else 1)
     ops.weight_gradient(A, D, gW, gb)
     assert any(name.startswith("weight_partial") for name in ops.launched) == split
-    (w64, b64), (w32, b32) = reference(REF.weight_gradient, dtype, A, D, np.zeros((k, n)), np.zeros(n), outputs=[2, 3])
+    (w64, b64), (w32, b32) = reference(
+        REF.weight_gradient, dtype, A, D, np.zeros((k, n)), np.zeros(n), outputs=[2, 3]
+    )
     assert_close(gW, w64, w32, "dW")
     assert_close(gb, b64, b32, "db")
 
@@ -271,8 +298,20 @@ def test_weight_update(cpu_lib, opt, split, dtype):
         assert_close(W, r64[0], None if r32 is None else r32[0], f"W {tag}", floor)
         assert_close(b, r64[1], None if r32 is None else r32[1], f"b {tag}", floor)
         for slot in optimizer.slots:
-            assert_close(state.W[slot], r64[2].W[slot], None if r32 is None else r32[2].W[slot], f"{slot} {tag}", floor)
-            assert_close(state.b[slot], r64[2].b[slot], None if r32 is None else r32[2].b[slot], f"{slot} {tag}", floor)
+            assert_close(
+                state.W[slot],
+                r64[2].W[slot],
+                None if r32 is None else r32[2].W[slot],
+                f"{slot} {tag}",
+                floor,
+            )
+            assert_close(
+                state.b[slot],
+                r64[2].b[slot],
+                None if r32 is None else r32[2].b[slot],
+                f"{slot} {tag}",
+                floor,
+            )
     assert state.t == 3 and int(state.scratch["step"][0]) == 3
     assert any(name.startswith("weight_partial") for name in ops.launched) == split
 
@@ -298,7 +337,9 @@ def test_launchers_name_the_bad_argument(cpu_lib):
     with pytest.raises(ValueError, match="out must have shape"):
         ops.dense_forward(X, W, b, "relu", np.empty((3, 4), np.float32))
     with pytest.raises(ValueError, match="X must be C-contiguous"):
-        ops.dense_forward(np.zeros((4, 3), np.float32).T, W, b, "relu", np.empty((3, 5), np.float32))
+        ops.dense_forward(
+            np.zeros((4, 3), np.float32).T, W, b, "relu", np.empty((3, 5), np.float32)
+        )
     with pytest.raises(ValueError, match="activation must be one of"):
         ops.dense_forward(X, W, b, "gelu", np.empty((3, 5), np.float32))
 
@@ -310,12 +351,18 @@ def test_train_steps_match_numpy(cpu_lib, dtype):
     sizes, acts = [7, 33, 5, 3], ["relu", "tanh"]
     X, y = rng.standard_normal((40, 7)), rng.integers(0, 3, 40)
     Y = np.eye(3)[y]
-    params = [(rng.standard_normal((a, b)) * 0.5, rng.standard_normal(b) * 0.1) for a, b in zip(sizes, sizes[1:])]
+    params = [
+        (rng.standard_normal((a, b)) * 0.5, rng.standard_normal(b) * 0.1)
+        for a, b in itertools.pairwise(sizes)
+    ]
     results = []
     for backend, dt in ((CpuKernels(cpu_lib, target_blocks=1), dtype), (REF, np.float64)):
         net = Network(
-            W=[backend.asarray(W, dt) for W, _ in params], b=[backend.asarray(b, dt) for _, b in params],
-            activations=acts, output="softmax", loss="cross_entropy",
+            W=[backend.asarray(W, dt) for W, _ in params],
+            b=[backend.asarray(b, dt) for _, b in params],
+            activations=acts,
+            output="softmax",
+            loss="cross_entropy",
         )
         states = [backend.optimizer_state(Adam(lr=0.01), W, b) for W, b in zip(net.W, net.b)]
         ws = backend.workspace(sizes, 13, dt)

@@ -36,7 +36,9 @@ TUNABLES: dict[str, int] = {
     "REDUCE_THREADS": 256,
     "ELEMENT_THREADS": 256,
 }
-GEMM_THREADS = (TUNABLES["TILE_M"] // TUNABLES["THREAD_M"]) * (TUNABLES["TILE_N"] // TUNABLES["THREAD_N"])
+GEMM_THREADS = (TUNABLES["TILE_M"] // TUNABLES["THREAD_M"]) * (
+    TUNABLES["TILE_N"] // TUNABLES["THREAD_N"]
+)
 
 #: optimizer kind (and SGD variant) -> kernel name part, see kernels/optimizers.cuh
 OPTIMIZER_KERNELS = ("store", "sgd", "momentum", "nesterov", "rmsprop", "adam")
@@ -157,3 +159,25 @@ def rows_per_split(m: int, splits: int) -> int:
     """Batch rows per slice, a multiple of TILE_K so slices align with the shared-memory steps."""
     step = TUNABLES["TILE_K"]
     return math.ceil(math.ceil(m / splits) / step) * step
+
+
+def entry_points() -> dict[str, list[str]]:
+    """Every extern "C" kernel name, by family, as the .cu files' tables generate them."""
+    from bpgpu.functions import ACTIVATIONS, COMBINATIONS, OUTPUTS
+
+    sfx = ("f32", "f64")
+    return {
+        "dense_forward": [f"dense_forward_{a}_{s}" for a in ACTIVATIONS for s in sfx],
+        "delta_backward": [f"delta_backward_{a}_{s}" for a in ACTIVATIONS for s in sfx],
+        "output": [f"output_forward_{o}_{s}" for o in OUTPUTS for s in sfx]
+        + [f"output_delta_{o}_{lo}_{s}" for o, lo in sorted(COMBINATIONS) for s in sfx]
+        + ["row_stats_reduce"],
+        "weight_update": [
+            f"weight_{v}_{o}_{s}"
+            for v in ("update", "finish")
+            for o in OPTIMIZER_KERNELS
+            for s in sfx
+        ]
+        + [f"weight_partial_{s}" for s in sfx],
+        "gather": [f"gather_rows_{s}" for s in sfx],
+    }

@@ -19,7 +19,14 @@ from typing import Any
 import numpy as np
 
 from bpgpu.backends import cuda_source as cs
-from bpgpu.backends.base import Array, Backend, BackendUnavailableError, Network, OptimizerState, Workspace
+from bpgpu.backends.base import (
+    Array,
+    Backend,
+    BackendUnavailableError,
+    Network,
+    OptimizerState,
+    Workspace,
+)
 from bpgpu.functions import ACTIVATIONS, COMBINATIONS, OUTPUTS
 from bpgpu.optimizers import Optimizer
 
@@ -53,7 +60,9 @@ class KernelOps(Backend):
 
     def _check(self, name: str, array: Any, shape: tuple[int, ...], dtype: np.dtype) -> None:
         if not self.is_array(array):
-            raise TypeError(f"{name} must be an array of the {self.name} backend; got {type(array).__name__}")
+            raise TypeError(
+                f"{name} must be an array of the {self.name} backend; got {type(array).__name__}"
+            )
         if array.dtype != dtype:
             raise TypeError(f"{name} must have dtype {np.dtype(dtype)}; got {array.dtype}")
         if tuple(array.shape) != tuple(shape):
@@ -61,7 +70,9 @@ class KernelOps(Backend):
         if not array.flags.c_contiguous:
             raise ValueError(f"{name} must be C-contiguous")
         if array.size >= 2**31:
-            raise ValueError(f"{name} has {array.size} elements; the kernels index with 32-bit sizes")
+            raise ValueError(
+                f"{name} has {array.size} elements; the kernels index with 32-bit sizes"
+            )
         self._check_device(name, array)
 
     def _buffer(self, key: tuple, shape: tuple[int, ...], dtype: np.dtype) -> Array:
@@ -78,10 +89,20 @@ class KernelOps(Backend):
         m, k = X.shape
         n = W.shape[1] if W.ndim == 2 else -1
         _name_in(activation, ACTIVATIONS, "activation")
-        for name, arr, shape in (("X", X, (m, k)), ("W", W, (k, n)), ("b", b, (n,)), ("out", out, (m, n))):
+        for name, arr, shape in (
+            ("X", X, (m, k)),
+            ("W", W, (k, n)),
+            ("b", b, (n,)),
+            ("out", out, (m, n)),
+        ):
             self._check(name, arr, shape, X.dtype)
         kernel = f"dense_forward_{activation}_{cs.suffix(X.dtype)}"
-        self._launch(kernel, cs.gemm_geometry(m, n), (X, W, b, out, i32(m), i32(k), i32(n)), f"m={m} k={k} n={n}")
+        self._launch(
+            kernel,
+            cs.gemm_geometry(m, n),
+            (X, W, b, out, i32(m), i32(k), i32(n)),
+            f"m={m} k={k} n={n}",
+        )
         return out
 
     def output_forward(self, Z: Array, output: str, out: Array) -> Array:
@@ -108,14 +129,26 @@ class KernelOps(Backend):
         self._launch(kernel, cs.row_geometry(m), (Z, Y, out_A, out_D, rows, i32(m), i32(n)), shapes)
         self._launch("row_stats_reduce", cs.reduce_geometry(), (rows, i32(m), stats), shapes)
 
-    def delta_backward(self, D: Array, W: Array, A_prev: Array, activation: str, out: Array) -> Array:
+    def delta_backward(
+        self, D: Array, W: Array, A_prev: Array, activation: str, out: Array
+    ) -> Array:
         _name_in(activation, ACTIVATIONS, "activation")
         m, n = D.shape
         k = W.shape[0]
-        for name, arr, shape in (("D", D, (m, n)), ("W", W, (k, n)), ("A_prev", A_prev, (m, k)), ("out", out, (m, k))):
+        for name, arr, shape in (
+            ("D", D, (m, n)),
+            ("W", W, (k, n)),
+            ("A_prev", A_prev, (m, k)),
+            ("out", out, (m, k)),
+        ):
             self._check(name, arr, shape, D.dtype)
         kernel = f"delta_backward_{activation}_{cs.suffix(D.dtype)}"
-        self._launch(kernel, cs.gemm_geometry(m, k), (D, W, A_prev, out, i32(m), i32(k), i32(n)), f"m={m} k={k} n={n}")
+        self._launch(
+            kernel,
+            cs.gemm_geometry(m, k),
+            (D, W, A_prev, out, i32(m), i32(k), i32(n)),
+            f"m={m} k={k} n={n}",
+        )
         return out
 
     def optimizer_state(self, optimizer: Optimizer, W: Array, b: Array) -> OptimizerState:
@@ -123,7 +156,9 @@ class KernelOps(Backend):
         state.scratch["step"] = self.zeros((1,), np.int32)  # Adam's t, read by the kernels
         return state
 
-    def weight_update(self, A_prev: Array, D: Array, W: Array, b: Array, state: OptimizerState) -> None:
+    def weight_update(
+        self, A_prev: Array, D: Array, W: Array, b: Array, state: OptimizerState
+    ) -> None:
         self._advance(state)
         self._weight_step(A_prev, D, W, b, state)
 
@@ -135,12 +170,19 @@ class KernelOps(Backend):
         state.t += 1
         state.scratch["step"].fill(state.t)
 
-    def _weight_step(self, A: Array, D: Array, W: Array, b: Array, state: OptimizerState | None) -> None:
+    def _weight_step(
+        self, A: Array, D: Array, W: Array, b: Array, state: OptimizerState | None
+    ) -> None:
         """W, b <- step(A^T D, sum_rows D): fused, or split over the batch for a small W."""
         m, k = A.shape
         n = D.shape[1]
         dtype = A.dtype
-        for name, arr, shape in (("A_prev", A, (m, k)), ("D", D, (m, n)), ("W", W, (k, n)), ("b", b, (n,))):
+        for name, arr, shape in (
+            ("A_prev", A, (m, k)),
+            ("D", D, (m, n)),
+            ("W", W, (k, n)),
+            ("b", b, (n,)),
+        ):
             self._check(name, arr, shape, dtype)
         opt = state.optimizer if state is not None else None
         kind = cs.optimizer_kernel(opt)
@@ -156,8 +198,10 @@ class KernelOps(Backend):
         splits = cs.split_count(m, k, n, self._target_blocks())
         if splits == 1:
             self._launch(
-                f"weight_update_{kind}_{sfx}", cs.gemm_geometry(k, n),
-                (A, D, W, b, sW1, sW2, sb1, sb2, *opt_args, i32(m), i32(k), i32(n)), shapes,
+                f"weight_update_{kind}_{sfx}",
+                cs.gemm_geometry(k, n),
+                (A, D, W, b, sW1, sW2, sb1, sb2, *opt_args, i32(m), i32(k), i32(n)),
+                shapes,
             )
             return
         rows = cs.rows_per_split(m, splits)
@@ -165,11 +209,14 @@ class KernelOps(Backend):
         partW = self._buffer(("partW",), (splits, k, n), dtype)
         partb = self._buffer(("partb",), (splits, n), dtype)
         self._launch(
-            f"weight_partial_{sfx}", cs.gemm_geometry(k, n, splits),
-            (A, D, partW, partb, i32(m), i32(k), i32(n), i32(rows)), f"{shapes} splits={splits}",
+            f"weight_partial_{sfx}",
+            cs.gemm_geometry(k, n, splits),
+            (A, D, partW, partb, i32(m), i32(k), i32(n), i32(rows)),
+            f"{shapes} splits={splits}",
         )
         self._launch(
-            f"weight_finish_{kind}_{sfx}", cs.element_geometry(k * n + n),
+            f"weight_finish_{kind}_{sfx}",
+            cs.element_geometry(k * n + n),
             (partW, partb, i32(splits), W, b, sW1, sW2, sb1, sb2, *opt_args, i32(k), i32(n)),
             f"{shapes} splits={splits}",
         )
@@ -180,8 +227,10 @@ class KernelOps(Backend):
         self._check("index", index, (rows,), np.dtype(np.int64))
         self._check("out", out, (rows, n), out.dtype)
         self._launch(
-            f"gather_rows_{cs.suffix(out.dtype)}", cs.element_geometry(rows * n),
-            (src, index, out, i32(rows), i32(n), i32(src.shape[0])), f"rows={rows} n={n} src_rows={src.shape[0]}",
+            f"gather_rows_{cs.suffix(out.dtype)}",
+            cs.element_geometry(rows * n),
+            (src, index, out, i32(rows), i32(n), i32(src.shape[0])),
+            f"rows={rows} n={n} src_rows={src.shape[0]}",
         )
         return out
 
@@ -201,16 +250,20 @@ class CupyBackend(KernelOps):
         try:
             import cupy
         except ImportError as exc:
-            raise BackendUnavailableError(f"CuPy is not installed ({exc}); pip install 'bpgpu[cuda13]'") from None
+            raise BackendUnavailableError(
+                f"CuPy is not installed ({exc}); pip install 'bpgpu[cuda13]'"
+            ) from None
         try:
             count = cupy.cuda.runtime.getDeviceCount()
-        except Exception as exc:  # CUDARuntimeError: no driver, or a broken one
+        except cupy.cuda.runtime.CUDARuntimeError as exc:  # no driver, or a broken one
             raise BackendUnavailableError(f"no usable CUDA driver ({exc})") from None
         if count == 0:
             raise BackendUnavailableError("no CUDA GPU found")
         major, _ = cupy.cuda.Device().compute_capability
         if int(major) < 8:
-            raise BackendUnavailableError(f"the kernels need compute capability 8.0 or newer; the GPU has {major}.x")
+            raise BackendUnavailableError(
+                f"the kernels need compute capability 8.0 or newer; the GPU has {major}.x"
+            )
 
     def __init__(self) -> None:
         import cupy
@@ -228,7 +281,12 @@ class CupyBackend(KernelOps):
         cp = self._cp
         props = cp.cuda.runtime.getDeviceProperties(self._device)
         name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
-        return {**super().describe(), "cupy": cp.__version__, "device": name, "kernels_sha256": cs.sources_hash()}
+        return {
+            **super().describe(),
+            "cupy": cp.__version__,
+            "device": name,
+            "kernels_sha256": cs.sources_hash(),
+        }
 
     # ---- memory -------------------------------------------------------------------------------------
 
@@ -255,7 +313,9 @@ class CupyBackend(KernelOps):
 
     def _check_device(self, name: str, array: Array) -> None:
         if array.device.id != self._device:
-            raise ValueError(f"{name} is on GPU {array.device.id}; the cupy backend runs on GPU {self._device}")
+            raise ValueError(
+                f"{name} is on GPU {array.device.id}; the cupy backend runs on GPU {self._device}"
+            )
 
     def _target_blocks(self) -> int:
         return self._blocks
@@ -285,7 +345,9 @@ class CupyBackend(KernelOps):
             if _DEBUG and not self._capturing:
                 self.synchronize()
         except Exception as exc:
-            raise RuntimeError(f"kernel {name} failed (grid={grid}, block={block}, {shapes}): {exc}") from exc
+            raise RuntimeError(
+                f"kernel {name} failed (grid={grid}, block={block}, {shapes}): {exc}"
+            ) from exc
 
     # ---- one training step, one CUDA graph ------------------------------------------------------------
 
