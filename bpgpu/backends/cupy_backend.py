@@ -35,6 +35,8 @@ f64 = np.float64
 
 #: set BPGPU_CUDA_DEBUG=1 to synchronize after every launch, so a fault names its kernel
 _DEBUG = os.environ.get("BPGPU_CUDA_DEBUG", "") not in ("", "0")
+#: captured training-step graphs kept at once (one per batch size and buffer set)
+_GRAPHS_KEPT = 16
 
 
 class KernelOps(Backend):
@@ -273,6 +275,7 @@ class CupyBackend(KernelOps):
         self._device = cupy.cuda.Device().id
         self._modules: dict[str, Any] = {}
         self._graphs: dict[tuple, Any] = {}
+        self._seen: set[tuple] = set()
         self._capturing = False
         sm = cupy.cuda.runtime.getDeviceProperties(self._device)["multiProcessorCount"]
         self._blocks = 2 * int(sm)
@@ -367,35 +370,41 @@ class CupyBackend(KernelOps):
         in device memory: the batch indices are copied into a fixed buffer, and each layer's
         update count (Adam's bias correction) is written to its device word before replay.
         """
-        rows = ws.rows
-        key = (id(net), id(ws), id(X), id(Y), id(stats), tuple(id(s) for s in states), rows)
-        fixed_index = self._buffer(("index", id(ws)), (rows,), np.int64)
+        fixed_index = self._buffer(("index",), (ws.rows,), np.int64)
         fixed_index[...] = index
         for state in states:
             self._advance(state)
+        key = _step_key(net, ws, X, Y, states, stats)
         graph = self._graphs.get(key)
-        if graph is not None:
-            graph.launch()
-            return
-        stream = self._cp.cuda.get_current_stream()
-        if ("warm", key) not in self._buffers:
-            # first step at this size: eager, compiling the modules and allocating scratch
+        if graph is None and key not in self._seen:
+            # first step with these buffers: eager, compiling modules and allocating scratch
+            self._seen.add(key)
             self._step_kernels(net, ws, X, Y, fixed_index, states, stats)
-            self._buffers[("warm", key)] = fixed_index
             return
-        capture = self._cp.cuda.Stream(non_blocking=True)
+        if graph is None:
+            graph = self._capture(net, ws, X, Y, fixed_index, states, stats)
+            if len(self._graphs) >= _GRAPHS_KEPT:
+                self._graphs.pop(next(iter(self._graphs)))
+            self._graphs[key] = graph
+        graph.launch(self._cp.cuda.get_current_stream())
+
+    def _capture(self, net, ws, X, Y, index, states, stats) -> Any:
+        """The step's kernels recorded (not run) into a CUDA graph on a side stream."""
+        cp = self._cp
+        stream = cp.cuda.get_current_stream()
+        capture = cp.cuda.Stream(non_blocking=True)
         capture.wait_event(stream.record())
-        with capture:
-            self._capturing = True
-            try:
+        self._capturing = True
+        try:
+            with capture:
                 capture.begin_capture()
-                self._step_kernels(net, ws, X, Y, fixed_index, states, stats)
-                graph = capture.end_capture()
-            finally:
-                self._capturing = False
-        graph.upload(stream)
-        self._graphs[key] = graph
-        graph.launch(stream)
+                try:
+                    self._step_kernels(net, ws, X, Y, index, states, stats)
+                finally:
+                    graph = capture.end_capture()
+        finally:
+            self._capturing = False
+        return graph
 
     def _step_kernels(self, net, ws, X, Y, index, states, stats) -> None:
         """The kernels of one step (the update counts are already advanced)."""
@@ -409,6 +418,19 @@ class CupyBackend(KernelOps):
             if l > 0:
                 self.delta_backward(ws.D[l], net.W[l], A_prev, net.activations[l - 1], ws.D[l - 1])
             self._weight_step(A_prev, ws.D[l], net.W[l], net.b[l], states[l])
+
+
+def _step_key(net: Network, ws: Workspace, X, Y, states: list[OptimizerState], stats) -> tuple:
+    """What a captured step depends on: every buffer's address and shape, the layer functions
+    and the optimizer hyperparameters (kernel arguments are frozen in a graph)."""
+    arrays = [X, Y, stats, ws.X, ws.Y, ws.Z, ws.P, *ws.A, *ws.D, *net.W, *net.b]
+    for state in states:
+        arrays += [*state.W.values(), *state.b.values(), state.scratch["step"]]
+    layout = tuple((a.data.ptr, a.shape, a.dtype.str) for a in arrays)
+    optimizers = tuple(
+        (s.optimizer.kind, tuple(sorted(s.optimizer.params().items()))) for s in states
+    )
+    return (layout, tuple(net.activations), net.output, net.loss, optimizers)
 
 
 def _family(kernel: str) -> str:
