@@ -448,7 +448,11 @@ def _family(kernel: str) -> str:
 
 
 def _fatbin_path(family: str) -> Path | None:
-    """The CMake-built fatbin of a family (``BPGPU_FATBIN_DIR``, else ``build/`` in a checkout)."""
+    """The CMake-built fatbin of a family (``BPGPU_FATBIN_DIR``, else ``build/fatbin`` in a
+    checkout), when it is newer than every kernel source; else None (compile with NVRTC)."""
     folder = os.environ.get("BPGPU_FATBIN_DIR") or str(cs.kernel_dir().parent / "build" / "fatbin")
     path = Path(folder) / (Path(cs.FAMILIES[family]).stem + ".fatbin")
-    return path if path.is_file() else None
+    if not path.is_file():
+        return None
+    newest_source = max(p.stat().st_mtime for p in cs.source_files())
+    return path if path.stat().st_mtime >= newest_source else None
