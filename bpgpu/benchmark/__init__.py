@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     budget = args.budget or (2.0 if args.quick else 20.0)
     block_s = 0.02 if args.quick else 0.1
+    settle_s = 0.05 if args.quick else 0.2
     data_bytes = (8 if args.quick else 64) * 2**20
     names, skipped = _systems(set(args.systems.split(",")) if args.systems else None)
     optimizers = [o.strip() for o in args.optimizer.split(",")]
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                 except Exception as exc:  # noqa: BLE001
                     results[n] = {"status": f"failed: {type(exc).__name__}: {exc}"[:200]}
             try:
-                timed = interleaved(ready, warmup, repeats, block_s, budget)
+                timed = interleaved(ready, warmup, repeats, block_s, budget, settle_s)
             except Exception as exc:  # noqa: BLE001 -- the rows say why
                 timed = {}
                 for n in ready:
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                     start = timed[n]["steps_run"]
                     for i in range(start, start + steps):
                         p.step(i)
-                after = interleaved(ready, 0, repeats, block_s, budget)
+                after = interleaved(ready, 0, repeats, block_s, budget, settle_s)
                 for n, p in ready.items():
                     results[n]["drift"] = {
                         "steps": steps,
@@ -263,7 +264,11 @@ def main(argv: list[str] | None = None) -> int:
             "dtype": "float32",
             "optimizers": optimizers,
             "drift_steps": args.drift_steps,
-            "timing": "perf_counter around blocks of steps, synchronized before and after; systems interleaved",
+            "settle_s": settle_s,
+            "timing": (
+                "perf_counter around blocks of steps, synchronized before and after; systems "
+                "interleaved, a settle_s pause before each block so thread pools park"
+            ),
         },
         "ceilings": ceilings,
         "systems": names + list(skipped),

@@ -35,27 +35,39 @@ def summary(samples: list[float]) -> dict[str, float]:
 
 
 def interleaved(
-    systems: dict[str, Prepared], warmup: int, repeats: int, block_s: float, budget_s: float
+    systems: dict[str, Prepared],
+    warmup: int,
+    repeats: int,
+    block_s: float,
+    budget_s: float,
+    settle_s: float = 0.0,
 ) -> dict[str, dict]:
     """Time every system ``repeats`` times, rotating the order each round.
 
     Warm-up: ``warmup`` steps each (compilation, allocation, graph capture), then one timed
     step to size the blocks: each block runs enough steps to last about ``block_s``. Repeats
     are cut (to no fewer than 3) when a round would push the total past ``budget_s``.
+
+    ``settle_s``: a pause before each block. BLAS and OpenMP thread pools (OpenBLAS for NumPy,
+    libgomp for PyTorch) busy-wait for a while after each call; on a 2-core machine the last
+    system's spinning threads take the cores from the next one's for tens of milliseconds
+    (measured: 4.5 ms NumPy steps read as 5-70 ms). The pause lets them park first.
     """
     per_step: dict[str, float] = {}
     for name, p in systems.items():
         for i in range(warmup):
             p.step(i)
-        per_step[name] = time_block(p, warmup, 1)
+        time.sleep(settle_s)
+        per_step[name] = min(time_block(p, warmup + j, 1) for j in range(2))
     steps = {n: max(1, int(block_s / max(t, 1e-9))) for n, t in per_step.items()}
     round_s = sum(steps[n] * per_step[n] for n in systems)
     repeats = max(3, min(repeats, int(budget_s / max(round_s, 1e-9))))
     samples: dict[str, list[float]] = {n: [] for n in systems}
     names = list(systems)
-    cursor = {n: warmup + 1 for n in systems}
+    cursor = {n: warmup + 2 for n in systems}
     for r in range(repeats):
         for n in names[r % len(names) :] + names[: r % len(names)]:
+            time.sleep(settle_s)
             samples[n].append(time_block(systems[n], cursor[n], steps[n]))
             cursor[n] += steps[n]
     return {
