@@ -1,0 +1,301 @@
+"""Issue 2 item 7: every bad input raises ValueError (TypeError for a wrong type) naming the
+argument; a failed fit leaves the weights exactly as they were; divergence is reported."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import bpgpu
+from bpgpu import ops
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.fixture
+def net() -> bpgpu.MLP:
+    return bpgpu.MLP([4, 5, 3], activation="tanh", backend="numpy", seed=0)
+
+
+@pytest.fixture
+def data(rng):
+    return rng.normal(size=(12, 4)), rng.integers(0, 3, 12)
+
+
+def same_weights(a, b) -> bool:
+    return all(np.array_equal(W1, W2) and np.array_equal(b1, b2) for (W1, b1), (W2, b2) in zip(a, b))
+
+
+# ---- constructing a model ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"layers": [4]}, "layers"),
+        ({"layers": []}, "layers"),
+        ({"layers": [4, 0, 3]}, r"layers\[1\]"),
+        ({"layers": [4, -2]}, r"layers\[1\]"),
+        ({"layers": [4, 3], "activation": "softplus"}, "activation"),
+        ({"layers": [4, 5, 6, 3], "activation": ["relu", "swish"]}, r"activation\[1\]"),
+        ({"layers": [4, 5, 6, 3], "activation": ["relu"]}, "activation"),
+        ({"layers": [4, 3], "output": "softmin"}, "output"),
+        ({"layers": [4, 3], "loss": "hinge"}, "loss"),
+        ({"layers": [4, 3], "output": "identity", "loss": "cross_entropy"}, "loss"),
+        ({"layers": [4, 1], "output": "softmax"}, "softmax"),
+        ({"layers": [4, 3], "backend": "opencl"}, "backend"),
+        ({"layers": [4, 3], "dtype": "float16"}, "dtype"),
+        ({"layers": [4, 3], "dtype": "int32"}, "dtype"),
+        ({"layers": [4, 3], "seed": -1}, "seed"),
+    ],
+)
+def test_bad_model_arguments_raise_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        bpgpu.MLP(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"layers": "4-3"}, "layers"),
+        ({"layers": 4}, "layers"),
+        ({"layers": [4, 2.5]}, r"layers\[1\]"),
+        ({"layers": [4, "3"]}, r"layers\[1\]"),
+        ({"layers": [4, 3], "activation": 3}, "activation"),
+        ({"layers": [4, 3], "output": None}, "output"),
+        ({"layers": [4, 3], "seed": 1.5}, "seed"),
+        ({"layers": [4, 3], "backend": 7}, "backend"),
+    ],
+)
+def test_wrong_model_argument_types_raise_type_error(kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        bpgpu.MLP(**kwargs)
+
+
+def test_unavailable_backend_says_why():
+    reasons = bpgpu.backends.unavailable_reasons()
+    if "cupy" not in reasons:
+        pytest.skip("cupy runs here")
+    with pytest.raises(bpgpu.BackendUnavailableError, match="cupy"):
+        bpgpu.MLP([2, 2], backend="cupy")
+
+
+# ---- data: fit, predict, loss, score, gradients ---------------------------------------------
+
+BAD_X = [
+    (lambda X: X[:, :3], ValueError, "X.*features"),  # wrong feature count
+    (lambda X: X[0], ValueError, "X.*2-D"),  # 1-D
+    (lambda X: X[None], ValueError, "X.*2-D"),  # 3-D
+    (lambda X: X[:0], ValueError, "X.*empty"),
+    (lambda X: np.where(np.arange(X.size).reshape(X.shape) == 5, NAN, X), ValueError, "X.*NaN"),
+    (lambda X: np.where(np.arange(X.size).reshape(X.shape) == 7, -INF, X), ValueError, "X.*infinite"),
+    (lambda X: X.astype(str), TypeError, "X"),
+    (lambda X: [[1.0, 2.0], [3.0]], (TypeError, ValueError), "X"),  # ragged
+]
+
+
+@pytest.mark.parametrize("bad,exc,match", BAD_X)
+@pytest.mark.parametrize("method", ["fit", "predict", "predict_proba", "loss", "score", "gradients"])
+def test_bad_X(net, data, method, bad, exc, match):
+    X, y = data
+    before = net.get_weights()
+    args = (bad(X),) if method.startswith("predict") else (bad(X), y)
+    with pytest.raises(exc, match=match):
+        getattr(net, method)(*args)
+    assert same_weights(before, net.get_weights())
+
+
+BAD_Y = [
+    (lambda y: np.where(np.arange(y.size) == 3, 3, y), "y.*label 3"),  # out of range
+    (lambda y: np.where(np.arange(y.size) == 3, -1, y), "y.*label -1"),  # negative
+    (lambda y: y + 0.5, "y.*integer"),  # fractional labels
+    (lambda y: y[:-1], "X and y.*lengths"),
+    (lambda y: np.where(np.arange(y.size) == 2, NAN, y), "y.*NaN"),
+    (lambda y: np.where(np.arange(y.size) == 2, INF, y), "y.*infinite"),
+    (lambda y: np.eye(3)[y][:, :2], "y.*columns"),  # one-hot of the wrong width
+    (lambda y: np.eye(3)[y] * 2, r"y.*\[0, 1\]"),  # targets outside [0, 1] for softmax
+    (lambda y: y[:, None, None], "y.*shape"),
+]
+
+
+@pytest.mark.parametrize("bad,match", BAD_Y)
+@pytest.mark.parametrize("method", ["fit", "loss", "score", "gradients"])
+def test_bad_y(net, data, method, bad, match):
+    X, y = data
+    before = net.get_weights()
+    with pytest.raises(ValueError, match=match):
+        getattr(net, method)(X, bad(y))
+    assert same_weights(before, net.get_weights())
+
+
+def test_y_of_strings_is_a_type_error(net, data):
+    X, y = data
+    with pytest.raises(TypeError, match="y"):
+        net.fit(X, y.astype(str))
+
+
+def test_single_sigmoid_output_targets_must_be_in_0_1(rng):
+    net = bpgpu.MLP([2, 1], output="sigmoid", backend="numpy")
+    with pytest.raises(ValueError, match="y"):
+        net.fit(rng.normal(size=(4, 2)), [0, 1, 2, 0])
+
+
+def test_empty_y(net):
+    with pytest.raises(ValueError, match="empty|lengths"):
+        net.fit(np.zeros((0, 4)), np.zeros(0, dtype=int))
+
+
+# ---- fit's own arguments -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        ({"epochs": 0}, ValueError, "epochs"),
+        ({"epochs": 2.0}, TypeError, "epochs"),
+        ({"batch_size": 0}, ValueError, "batch_size"),
+        ({"batch_size": "32"}, TypeError, "batch_size"),
+        ({"optimizer": "lbfgs"}, ValueError, "optimizer"),
+        ({"optimizer": 0.1}, TypeError, "optimizer"),
+        ({"optimizer": bpgpu.Adam(), "lr": 0.1}, ValueError, "lr"),
+        ({"lr": -1.0, "optimizer": "sgd"}, ValueError, "lr"),
+        ({"shuffle": "yes"}, TypeError, "shuffle"),
+        ({"seed": -3}, ValueError, "seed"),
+        ({"patience": 0}, ValueError, "patience"),
+        ({"validation_split": 1.0}, ValueError, "validation_split"),
+        ({"validation_split": -0.1}, ValueError, "validation_split"),
+        ({"validation_split": "0.2"}, TypeError, "validation_split"),
+        ({"validation_split": 0.01}, ValueError, "validation_split"),  # 12 samples: none held out
+        ({"validation_split": 0.2, "validation_data": "later"}, ValueError, "validation"),
+        ({"validation_data": (np.zeros((3, 4)),)}, ValueError, "validation_data"),
+        ({"validation_data": (np.zeros((3, 5)), [0, 1, 2])}, ValueError, "validation_data X"),
+        ({"validation_data": (np.zeros((3, 4)), [0, 1, 7])}, ValueError, "validation_data y"),
+        ({"validation_data": (np.zeros((3, 4)), [0, 1])}, ValueError, "validation_data y"),
+    ],
+)
+def test_bad_fit_arguments_leave_the_weights(net, data, kwargs, exc, match):
+    X, y = data
+    before = net.get_weights()
+    with pytest.raises(exc, match=match):
+        net.fit(X, y, epochs=kwargs.pop("epochs", 2), **kwargs)
+    assert same_weights(before, net.get_weights())
+
+
+def test_fit_failing_midway_restores_the_weights(net, data, monkeypatch):
+    """An error after some steps have run (here a failing step) leaves the weights as before fit."""
+    X, y = data
+    backend = net.backend
+    real_step = backend.train_step
+    calls = []
+
+    def failing_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("injected failure")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(backend, "train_step", failing_step)
+    before = net.get_weights()
+    with pytest.raises(RuntimeError, match="injected"):
+        net.fit(X, y, epochs=3, batch_size=4, optimizer=bpgpu.SGD(lr=0.5))
+    assert len(calls) == 5  # four steps did change the weights before the failure
+    assert same_weights(before, net.get_weights())
+
+
+# ---- divergence ---------------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_divergence_raises_and_keeps_the_last_finite_weights(rng):
+    X = rng.normal(size=(64, 3))
+    y = X.sum(axis=1)
+
+    def model():
+        return bpgpu.MLP([3, 8, 1], activation="identity", output="identity", backend="numpy", seed=0)
+
+    def fit(net, epochs):
+        return net.fit(X, y, epochs=epochs, batch_size=64, optimizer=bpgpu.SGD(lr=3.0), shuffle=False)
+
+    diverged_at = None
+    for epochs in range(1, 30):
+        net = model()
+        try:
+            fit(net, epochs)
+        except bpgpu.TrainingDivergedError as exc:
+            assert "diverged" in str(exc)
+            assert isinstance(exc, FloatingPointError)
+            diverged_at = epochs
+            break
+    assert diverged_at is not None and diverged_at >= 2, "lr=3 should diverge after a few epochs"
+    weights = net.get_weights()
+    assert all(np.all(np.isfinite(W)) and np.all(np.isfinite(b)) for W, b in weights)
+    last_good = model()
+    fit(last_good, diverged_at - 1)
+    assert same_weights(weights, last_good.get_weights())
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_divergence_with_huge_lr_on_a_classifier(data):
+    X, y = data
+    net = bpgpu.MLP([4, 5, 3], activation="relu", backend="numpy", seed=0)
+    with pytest.raises(bpgpu.TrainingDivergedError, match="diverged"):
+        net.fit(X * 1e3, y, epochs=50, batch_size=4, optimizer=bpgpu.SGD(lr=1e30))
+    assert all(np.all(np.isfinite(W)) and np.all(np.isfinite(b)) for W, b in net.get_weights())
+
+
+# ---- set_weights --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda w: w[:1], "weights"),
+        (lambda w: [(w[0][0].T, w[0][1]), w[1]], "W_1"),
+        (lambda w: [w[0], (w[1][0], w[1][1][:2])], "b_2"),
+        (lambda w: [(np.full_like(w[0][0], np.nan), w[0][1]), w[1]], "W_1"),
+        (lambda w: [w[0], (w[1][0], np.full_like(w[1][1], np.inf))], "b_2"),
+        (lambda w: [w[0], (w[1][0],)], r"weights\[1\]"),
+    ],
+)
+def test_bad_set_weights_changes_nothing(net, make, match):
+    before = net.get_weights()
+    with pytest.raises(ValueError, match=match):
+        net.set_weights(make(net.get_weights()))
+    assert same_weights(before, net.get_weights())
+
+
+# ---- the public ops ---------------------------------------------------------------------------
+
+
+def test_ops_reject_bad_shapes_and_names(rng):
+    X, W, b = rng.normal(size=(5, 3)), rng.normal(size=(3, 4)), rng.normal(size=4)
+    with pytest.raises(ValueError, match="W"):
+        ops.dense_forward(X, W[:2], b)
+    with pytest.raises(ValueError, match="b"):
+        ops.dense_forward(X, W, b[:3])
+    with pytest.raises(ValueError, match="activation"):
+        ops.dense_forward(X, W, b, activation="gelu")
+    with pytest.raises(ValueError, match="out"):
+        ops.dense_forward(X, W, b, out=np.empty((5, 3)))
+    with pytest.raises(TypeError, match="float32 or all float64"):
+        ops.dense_forward(X.astype(np.float32), W, b)
+    with pytest.raises(ValueError, match="A_prev"):
+        ops.delta_backward(rng.normal(size=(5, 4)), W, rng.normal(size=(4, 3)), "relu")
+    with pytest.raises(ValueError, match="Y"):
+        ops.output_delta(rng.normal(size=(5, 4)), np.zeros((5, 3)))
+    with pytest.raises(ValueError, match="loss"):
+        ops.output_delta(rng.normal(size=(5, 4)), np.zeros((5, 4)), "identity", "cross_entropy")
+    with pytest.raises(TypeError, match="optimizer"):
+        ops.optimizer_state("adam", W, b)
+    with pytest.raises(TypeError, match="in place"):
+        ops.optimizer_state(bpgpu.Adam(), W.tolist(), b)
+
+
+def test_ops_match_the_backend(rng):
+    X, W, b = rng.normal(size=(5, 3)), rng.normal(size=(3, 4)), rng.normal(size=4)
+    np.testing.assert_allclose(ops.dense_forward(X, W, b, "tanh"), np.tanh(X @ W + b), rtol=1e-13)
+    state = ops.optimizer_state(bpgpu.SGD(lr=0.1), W, b)
+    D = rng.normal(size=(5, 4))
+    W0 = W.copy()
+    ops.weight_update(X, D, W, b, state)
+    np.testing.assert_allclose(W, W0 - 0.1 * X.T @ D, rtol=1e-13)
