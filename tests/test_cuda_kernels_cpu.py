@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import mmap
 import os
 import shutil
 import subprocess
@@ -118,12 +119,54 @@ class CpuKernels(KernelOps):
 REF = NumpyBackend()
 
 
+#: Inputs end where an inaccessible page begins, so a read past their end crashes the test
+#: (electric-fence style) instead of passing silently; the bytes before them are NaN. Outputs
+#: sit between GUARD_ELEMENTS-long zones of GUARD, which check_guards verifies after the run.
+GUARD_ELEMENTS = 64
+GUARD = 12345.0
+_PAGE = mmap.PAGESIZE
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def fenced_input(values: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of ``values`` ending right at a PROT_NONE page."""
+    nbytes = values.nbytes
+    pages = -(-nbytes // _PAGE) + 1
+    mem = mmap.mmap(-1, pages * _PAGE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(mem))
+    if _libc.mprotect(ctypes.c_void_p(base + (pages - 1) * _PAGE), _PAGE, 0) != 0:
+        raise OSError(ctypes.get_errno(), "mprotect failed")
+    start = (pages - 1) * _PAGE - nbytes
+    mem[:start] = b"\xff" * start  # all-ones bytes are NaN in float32 and float64
+    view = np.frombuffer(mem, dtype=values.dtype, count=values.size, offset=start).reshape(
+        values.shape
+    )
+    view[...] = values
+    return view
+
+
+def fenced_output(values: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of ``values`` between two zones of GUARD."""
+    buf = np.full(values.size + 2 * GUARD_ELEMENTS, GUARD, dtype=values.dtype)
+    view = buf[GUARD_ELEMENTS : GUARD_ELEMENTS + values.size].reshape(values.shape)
+    view[...] = values
+    return view
+
+
+def check_guards(*arrays: np.ndarray) -> None:
+    for a in arrays:
+        buf = a.base
+        assert buf is not None and buf.size == a.size + 2 * GUARD_ELEMENTS
+        edges = np.concatenate([buf[:GUARD_ELEMENTS], buf[-GUARD_ELEMENTS:]])
+        assert (edges == GUARD).all(), "a kernel wrote outside its output array"
+
+
 def rand(rng, *shape, dtype=np.float64):
-    return rng.standard_normal(shape).astype(dtype)
+    return fenced_input(rng.standard_normal(shape).astype(dtype))
 
 
 def poisoned(shape, dtype):
-    return np.full(shape, np.nan, dtype=dtype)
+    return fenced_output(np.full(shape, np.nan, dtype=dtype))
 
 
 def assert_close(got, ref64, ref32=None, what="", floor=1e-6):
@@ -171,6 +214,7 @@ def test_dense_forward(cpu_lib, shape, activation, dtype):
     X, W, b = rand(rng, m, k, dtype=dtype), rand(rng, k, n, dtype=dtype), rand(rng, n, dtype=dtype)
     out = poisoned((m, n), dtype)
     CpuKernels(cpu_lib).dense_forward(X, W, b, activation, out)
+    check_guards(out)
     (r64,), (r32,) = reference(
         REF.dense_forward, dtype, X, W, b, activation, np.zeros((m, n)), outputs=[4]
     )
@@ -184,10 +228,11 @@ def test_delta_backward(cpu_lib, shape, activation, dtype):
     m, k, n = shape
     rng = np.random.default_rng([m, k, n, 2])
     D, W = rand(rng, m, n, dtype=dtype), rand(rng, k, n, dtype=dtype)
-    A = rng.uniform(-0.9, 0.9, (m, k)).astype(dtype)  # a valid output of every activation
+    A = fenced_input(rng.uniform(-0.9, 0.9, (m, k)).astype(dtype))  # valid for every activation
     A[A < -0.3] = 0  # relu's zeros
     out = poisoned((m, k), dtype)
     CpuKernels(cpu_lib).delta_backward(D, W, A, activation, out)
+    check_guards(out)
     (r64,), (r32,) = reference(
         REF.delta_backward, dtype, D, W, A, activation, np.zeros((m, k)), outputs=[4]
     )
@@ -202,9 +247,10 @@ ROW_SHAPES = [(1, 1), (3, 7), (33, 10), (129, 3), (5, 67)]
 @pytest.mark.parametrize("shape", ROW_SHAPES)
 def test_output_forward(cpu_lib, shape, output, dtype):
     rng = np.random.default_rng([*shape, 3])
-    Z = (3 * rand(rng, *shape)).astype(dtype)
+    Z = fenced_input(3 * rng.standard_normal(shape).astype(dtype))
     out = poisoned(shape, dtype)
     CpuKernels(cpu_lib).output_forward(Z, output, out)
+    check_guards(out)
     (r64,), (r32,) = reference(REF.output_forward, dtype, Z, output, np.zeros(shape), outputs=[2])
     assert_close(out, r64, r32, f"output_forward {output} {shape}")
 
@@ -224,11 +270,12 @@ def test_output_delta(cpu_lib, shape, pair, dtype):
     output, loss = pair
     m, n = shape
     rng = np.random.default_rng([m, n, 4])
-    Z = (3 * rand(rng, m, n)).astype(dtype)
-    Y = targets(rng, output, m, n).astype(dtype)
+    Z = fenced_input(3 * rng.standard_normal((m, n)).astype(dtype))
+    Y = fenced_input(targets(rng, output, m, n).astype(dtype))
     A, D = poisoned(shape, dtype), poisoned(shape, dtype)
     stats = np.array([1.5, 2.0])  # the op adds to it
     CpuKernels(cpu_lib).output_delta(Z, Y, output, loss, A, D, stats)
+    check_guards(A, D)
     s64, s32 = np.array([1.5, 2.0]), np.array([1.5, 2.0])
     (a64, d64), (a32, d32) = reference(
         lambda *a: REF.output_delta(*a, s64 if a[0].dtype == np.float64 else s32),
@@ -260,6 +307,7 @@ def test_weight_gradient(cpu_lib, split, dtype):
     gW, gb = poisoned((k, n), dtype), poisoned((n,), dtype)
     ops = CpuKernels(cpu_lib, target_blocks=64 if split else 1)
     ops.weight_gradient(A, D, gW, gb)
+    check_guards(gW, gb)
     assert any(name.startswith("weight_partial") for name in ops.launched) == split
     (w64, b64), (w32, b32) = reference(
         REF.weight_gradient, dtype, A, D, np.zeros((k, n)), np.zeros(n), outputs=[2, 3]
@@ -278,7 +326,7 @@ def test_weight_update(cpu_lib, opt, split, dtype):
     rng = np.random.default_rng([m, k, n, 6])
     W0, b0 = rand(rng, k, n), rand(rng, n)
     ops = CpuKernels(cpu_lib, target_blocks=64 if split else 1)
-    W, b = W0.astype(dtype), b0.astype(dtype)
+    W, b = fenced_output(W0.astype(dtype)), fenced_output(b0.astype(dtype))
     state = ops.optimizer_state(optimizer, W, b)
     refs = {}
     for ref_dtype in {np.float64, dtype}:
@@ -289,7 +337,7 @@ def test_weight_update(cpu_lib, opt, split, dtype):
     floor = 2e-4
     for step in range(3):
         A, D = rand(rng, m, k), rand(rng, m, n)
-        ops.weight_update(A.astype(dtype), D.astype(dtype), W, b, state)
+        ops.weight_update(fenced_input(A.astype(dtype)), fenced_input(D.astype(dtype)), W, b, state)
         for ref_dtype, (Wr, br, sr) in refs.items():
             REF.weight_update(A.astype(ref_dtype), D.astype(ref_dtype), Wr, br, sr)
         r64 = refs[np.float64]
@@ -312,6 +360,7 @@ def test_weight_update(cpu_lib, opt, split, dtype):
                 f"{slot} {tag}",
                 floor,
             )
+    check_guards(W, b)
     assert state.t == 3 and int(state.scratch["step"][0]) == 3
     assert any(name.startswith("weight_partial") for name in ops.launched) == split
 
@@ -324,6 +373,7 @@ def test_gather_rows(cpu_lib, dtype):
     index[5] = 130  # out of range: a NaN row, not a stray read
     out = poisoned((67, 33), dtype)
     CpuKernels(cpu_lib).gather_rows(src, index, out)
+    check_guards(out)
     good = np.arange(67) != 5
     np.testing.assert_array_equal(out[good], src[index[good]])
     assert np.isnan(out[5]).all()
