@@ -261,10 +261,10 @@ class CupyBackend(KernelOps):
             raise BackendUnavailableError(f"no usable CUDA driver ({exc})") from None
         if count == 0:
             raise BackendUnavailableError("no CUDA GPU found")
-        major, _ = cupy.cuda.Device().compute_capability
-        if int(major) < 8:
+        capability = int(cupy.cuda.Device().compute_capability)  # "80", "90", "100"
+        if capability < 80:
             raise BackendUnavailableError(
-                f"the kernels need compute capability 8.0 or newer; the GPU has {major}.x"
+                f"the kernels need compute capability 8.0 or newer; the GPU has {capability / 10:.1f}"
             )
 
     def __init__(self) -> None:
@@ -274,6 +274,7 @@ class CupyBackend(KernelOps):
         self._cp = cupy
         self._device = cupy.cuda.Device().id
         self._modules: dict[str, Any] = {}
+        self._functions: dict[str, Any] = {}
         self._graphs: dict[tuple, Any] = {}
         self._seen: set[tuple] = set()
         self._capturing = False
@@ -335,7 +336,7 @@ class CupyBackend(KernelOps):
                 module = cp.RawModule(path=str(fatbin))
             else:
                 source = (cs.kernel_dir() / cs.FAMILIES[family]).read_text()
-                options = ("--std=c++17", f"-I{cs.kernel_dir()}", *cs.defines())
+                options = ("-std=c++17", f"-I{cs.kernel_dir()}", *cs.defines())
                 module = cp.RawModule(code=source, options=options, backend="nvrtc")
             self._modules[family] = module
         return module
@@ -343,7 +344,9 @@ class CupyBackend(KernelOps):
     def _launch(self, name: str, geometry: cs.Geometry, args: tuple, shapes: str) -> None:
         grid, block = geometry
         try:
-            kernel = self._module(_family(name)).get_function(name)
+            kernel = self._functions.get(name)
+            if kernel is None:
+                kernel = self._functions[name] = self._module(_family(name)).get_function(name)
             kernel(grid, block, args)
             if _DEBUG and not self._capturing:
                 self.synchronize()
