@@ -12,11 +12,15 @@ GPU_BACKENDS = ("cupy", "numba")
 
 def _gpu_skip_reason() -> str | None:
     """None when a GPU backend can run here, else why none can."""
-    running = [n for n in GPU_BACKENDS if n in available_backends() and not get_backend(n).simulated]
+    running = [
+        n for n in GPU_BACKENDS if n in available_backends() and not get_backend(n).simulated
+    ]
     if running:
         return None
     reasons = unavailable_reasons()
-    why = "; ".join(reasons.get(name, f"backend {name!r} is not available") for name in GPU_BACKENDS)
+    why = "; ".join(
+        reasons.get(name, f"backend {name!r} is not available") for name in GPU_BACKENDS
+    )
     return f"needs a CUDA GPU: {why}"
 
 

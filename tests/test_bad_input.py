@@ -23,7 +23,9 @@ def data(rng):
 
 
 def same_weights(a, b) -> bool:
-    return all(np.array_equal(W1, W2) and np.array_equal(b1, b2) for (W1, b1), (W2, b2) in zip(a, b))
+    return all(
+        np.array_equal(W1, W2) and np.array_equal(b1, b2) for (W1, b1), (W2, b2) in zip(a, b)
+    )
 
 
 # ---- constructing a model ------------------------------------------------------------------
@@ -88,14 +90,20 @@ BAD_X = [
     (lambda X: X[None], ValueError, "X.*2-D"),  # 3-D
     (lambda X: X[:0], ValueError, "X.*empty"),
     (lambda X: np.where(np.arange(X.size).reshape(X.shape) == 5, NAN, X), ValueError, "X.*NaN"),
-    (lambda X: np.where(np.arange(X.size).reshape(X.shape) == 7, -INF, X), ValueError, "X.*infinite"),
+    (
+        lambda X: np.where(np.arange(X.size).reshape(X.shape) == 7, -INF, X),
+        ValueError,
+        "X.*infinite",
+    ),
     (lambda X: X.astype(str), TypeError, "X"),
     (lambda X: [[1.0, 2.0], [3.0]], (TypeError, ValueError), "X"),  # ragged
 ]
 
 
 @pytest.mark.parametrize("bad,exc,match", BAD_X)
-@pytest.mark.parametrize("method", ["fit", "predict", "predict_proba", "loss", "score", "gradients"])
+@pytest.mark.parametrize(
+    "method", ["fit", "predict", "predict_proba", "loss", "score", "gradients"]
+)
 def test_bad_X(net, data, method, bad, exc, match):
     X, y = data
     before = net.get_weights()
@@ -211,10 +219,14 @@ def test_divergence_raises_and_keeps_the_last_finite_weights(rng):
     y = X.sum(axis=1)
 
     def model():
-        return bpgpu.MLP([3, 8, 1], activation="identity", output="identity", backend="numpy", seed=0)
+        return bpgpu.MLP(
+            [3, 8, 1], activation="identity", output="identity", backend="numpy", seed=0
+        )
 
     def fit(net, epochs):
-        return net.fit(X, y, epochs=epochs, batch_size=64, optimizer=bpgpu.SGD(lr=3.0), shuffle=False)
+        return net.fit(
+            X, y, epochs=epochs, batch_size=64, optimizer=bpgpu.SGD(lr=3.0), shuffle=False
+        )
 
     diverged_at = None
     for epochs in range(1, 30):

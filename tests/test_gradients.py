@@ -3,6 +3,8 @@ hidden activation x every valid (output, loss) pair, on random small networks.""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -21,7 +23,10 @@ def targets(rng: np.random.Generator, m: int, n: int, output: str) -> np.ndarray
 
 
 def random_weights(rng, layers):
-    return [(rng.normal(size=(a, b)) / np.sqrt(a) * 1.5, rng.normal(size=b) * 0.5) for a, b in zip(layers[:-1], layers[1:])]
+    return [
+        (rng.normal(size=(a, b)) / np.sqrt(a) * 1.5, rng.normal(size=b) * 0.5)
+        for a, b in itertools.pairwise(layers)
+    ]
 
 
 def numeric_gradients(net: bpgpu.MLP, X, y, weights):
@@ -55,7 +60,9 @@ def check(net, X, y, weights):
         for name, a, n in ((f"dW_{l}", aW, nW), (f"db_{l}", ab, nb)):
             assert a.shape == n.shape and a.dtype == np.float64
             err = np.max(np.abs(a - n))
-            assert err <= 1e-7 + 1e-6 * np.max(np.abs(n)), f"{name}: max |analytic - numeric| = {err:.3g}"
+            assert err <= 1e-7 + 1e-6 * np.max(np.abs(n)), (
+                f"{name}: max |analytic - numeric| = {err:.3g}"
+            )
 
 
 @pytest.mark.parametrize("output,loss", sorted(COMBINATIONS))
@@ -63,7 +70,15 @@ def check(net, X, y, weights):
 def test_gradients_match_finite_differences(rng, activation, output, loss):
     k = 3 if output == "softmax" else 2
     layers = [3, 4, 5, k]
-    net = bpgpu.MLP(layers, activation=activation, output=output, loss=loss, backend="numpy", dtype="float64", seed=1)
+    net = bpgpu.MLP(
+        layers,
+        activation=activation,
+        output=output,
+        loss=loss,
+        backend="numpy",
+        dtype="float64",
+        seed=1,
+    )
     m = 7
     X = rng.normal(size=(m, layers[0]))
     check(net, X, targets(rng, m, k, output), random_weights(rng, layers))
@@ -72,7 +87,9 @@ def test_gradients_match_finite_differences(rng, activation, output, loss):
 @pytest.mark.parametrize("output", ["sigmoid", "identity"])
 def test_single_output_and_per_layer_activations(rng, output):
     layers = [5, 3, 4, 1]
-    net = bpgpu.MLP(layers, activation=["tanh", "sigmoid"], output=output, backend="numpy", dtype="float64")
+    net = bpgpu.MLP(
+        layers, activation=["tanh", "sigmoid"], output=output, backend="numpy", dtype="float64"
+    )
     X = rng.normal(size=(9, 5))
     y = rng.integers(0, 2, 9) if output == "sigmoid" else rng.normal(size=9)
     check(net, X, y, random_weights(rng, layers))

@@ -41,15 +41,22 @@ def test_defaults():
     assert bpgpu.MLP([4, 1], output="sigmoid", backend="numpy").loss_name == "cross_entropy"
 
 
-@pytest.mark.parametrize("alias,name", [("binary_cross_entropy", "cross_entropy"), ("squared_error", "mse")])
+@pytest.mark.parametrize(
+    "alias,name", [("binary_cross_entropy", "cross_entropy"), ("squared_error", "mse")]
+)
 def test_loss_aliases(alias, name):
     assert bpgpu.MLP([2, 1], output="sigmoid", loss=alias, backend="numpy").loss_name == name
 
 
 def test_activation_per_layer():
-    net = bpgpu.MLP([4, 5, 6, 7, 2], activation=["relu", "tanh", "identity"], backend="numpy", seed=0)
+    net = bpgpu.MLP(
+        [4, 5, 6, 7, 2], activation=["relu", "tanh", "identity"], backend="numpy", seed=0
+    )
     assert net.activations == ["relu", "tanh", "identity"]
-    assert bpgpu.MLP([4, 5, 6, 2], activation="tanh", backend="numpy").activations == ["tanh", "tanh"]
+    assert bpgpu.MLP([4, 5, 6, 2], activation="tanh", backend="numpy").activations == [
+        "tanh",
+        "tanh",
+    ]
 
 
 def test_get_weights_shapes_and_copies():
@@ -73,7 +80,9 @@ def test_set_weights_copies_and_casts(rng):
 
 @pytest.mark.parametrize("m", [1, 3, 129])
 def test_predict_proba_matches_a_hand_forward_pass(rng, m):
-    net = bpgpu.MLP([6, 5, 4, 3], activation=["relu", "tanh"], backend="numpy", dtype="float64", seed=4)
+    net = bpgpu.MLP(
+        [6, 5, 4, 3], activation=["relu", "tanh"], backend="numpy", dtype="float64", seed=4
+    )
     (W1, b1), (W2, b2), (W3, b3) = net.get_weights()
     X = rng.normal(size=(m, 6))
     z = np.tanh(np.maximum(X @ W1 + b1, 0) @ W2 + b2) @ W3 + b3

@@ -47,7 +47,7 @@ def out_ref(z: np.ndarray, output: str) -> np.ndarray:
 
 def loss_ref(z: np.ndarray, y: np.ndarray, output: str, loss: str) -> tuple[float, np.ndarray]:
     """(mean loss, dLoss/dZ) by the chain rule written per sample in float64."""
-    m, n = z.shape
+    m = z.shape[0]
     a = out_ref(z, output)
     if loss == "mse":
         total = 0.5 * np.sum((a - y) ** 2)
@@ -76,7 +76,9 @@ def close(got: np.ndarray, want: np.ndarray, dtype) -> None:
     scale = max(1.0, float(np.max(np.abs(want))))
     err = np.abs(got.astype(np.float64) - want)
     assert np.all(np.isfinite(got)), "output has NaN: an element was not written"
-    assert err.max() <= TOL[dtype] * scale * 10, f"max error {err.max():.3g} at {np.unravel_index(err.argmax(), err.shape)}"
+    assert err.max() <= TOL[dtype] * scale * 10, (
+        f"max error {err.max():.3g} at {np.unravel_index(err.argmax(), err.shape)}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +94,11 @@ def test_dense_forward(xp, rng, act, m, k, n, dtype):
     out = nan_like((m, n), dtype)
     res = xp.dense_forward(X.astype(dtype), W.astype(dtype), b.astype(dtype), act, out)
     assert res is out
-    close(out, f_ref(X.astype(dtype).astype(np.float64) @ W.astype(dtype) + b.astype(dtype), act), dtype)
+    close(
+        out,
+        f_ref(X.astype(dtype).astype(np.float64) @ W.astype(dtype) + b.astype(dtype), act),
+        dtype,
+    )
 
 
 def test_dense_forward_large_rows_crosses_blocks(xp, rng):
@@ -111,7 +117,9 @@ def test_delta_backward(xp, rng, act, m, k, n, dtype):
     A_prev = f_ref(Zp, act).astype(dtype)
     out = nan_like((m, k), dtype)
     xp.delta_backward(D.astype(dtype), W.astype(dtype), A_prev, act, out)
-    want = (D.astype(dtype).astype(np.float64) @ W.astype(dtype).T.astype(np.float64)) * fprime_ref(Zp, act)
+    want = (D.astype(dtype).astype(np.float64) @ W.astype(dtype).T.astype(np.float64)) * fprime_ref(
+        Zp, act
+    )
     if act == "relu":  # f'(0) is 0 by convention from the stored output
         want = want * (A_prev > 0)
     close(out, want, dtype)
@@ -148,7 +156,9 @@ def test_softmax_and_sigmoid_do_not_overflow(xp):
 
 
 def _targets(rng, m, n, output, loss):
-    if output == "softmax" or (output == "sigmoid" and loss == "cross_entropy" and n > 1 and rng.random() < 0.5):
+    if output == "softmax" or (
+        output == "sigmoid" and loss == "cross_entropy" and n > 1 and rng.random() < 0.5
+    ):
         Y = np.zeros((m, n))
         Y[np.arange(m), rng.integers(0, n, m)] = 1
         return Y

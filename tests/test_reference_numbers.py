@@ -37,19 +37,30 @@ def test_neuron_error(neuron):
 def test_neuron_gradients(neuron):
     [(dW, db)] = neuron.gradients(X1, T1)
     assert dW.shape == (2, 1) and db.shape == (1,)
-    np.testing.assert_allclose(dW[:, 0], [0.009276092558183858, 0.027828277674551576], rtol=0, atol=TOL)
+    np.testing.assert_allclose(
+        dW[:, 0], [0.009276092558183858, 0.027828277674551576], rtol=0, atol=TOL
+    )
     assert abs(db[0] - 0.09276092558183859) < TOL
 
 
 def test_neuron_one_sgd_step_moves_by_lr_times_gradient(neuron):
     neuron.fit(X1, T1, epochs=1, batch_size=1, optimizer=bpgpu.SGD(lr=0.5), shuffle=False)
     [(W, b)] = neuron.get_weights()
-    np.testing.assert_allclose(W[:, 0], [0.5 - 0.5 * 0.009276092558183858, 0.2 - 0.5 * 0.027828277674551576], atol=TOL)
+    np.testing.assert_allclose(
+        W[:, 0], [0.5 - 0.5 * 0.009276092558183858, 0.2 - 0.5 * 0.027828277674551576], atol=TOL
+    )
     assert abs(b[0] - (1.83 - 0.5 * 0.09276092558183859)) < TOL
 
 
 def test_relu_network_without_bias_outputs_0_61():
-    net = bpgpu.MLP([2, 2, 1], activation="relu", output="identity", loss="mse", backend="numpy", dtype="float64")
+    net = bpgpu.MLP(
+        [2, 2, 1],
+        activation="relu",
+        output="identity",
+        loss="mse",
+        backend="numpy",
+        dtype="float64",
+    )
     W1 = np.array([[0.5, 0.6], [0.1, 0.2]])
     W2 = np.array([[0.3], [0.4]])
     net.set_weights([(W1, np.zeros(2)), (W2, np.zeros(1))])

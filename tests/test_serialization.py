@@ -14,7 +14,15 @@ import bpgpu
 @pytest.fixture
 def trained(rng) -> tuple[bpgpu.MLP, np.ndarray]:
     X, y = rng.normal(size=(40, 5)), rng.integers(0, 3, 40)
-    net = bpgpu.MLP([5, 7, 4, 3], activation=["tanh", "relu"], output="softmax", loss="mse", backend="numpy", dtype="float64", seed=2)
+    net = bpgpu.MLP(
+        [5, 7, 4, 3],
+        activation=["tanh", "relu"],
+        output="softmax",
+        loss="mse",
+        backend="numpy",
+        dtype="float64",
+        seed=2,
+    )
     net.fit(X, y, epochs=3, batch_size=8, optimizer=bpgpu.Adam(lr=0.01))
     return net, X
 
@@ -22,14 +30,26 @@ def trained(rng) -> tuple[bpgpu.MLP, np.ndarray]:
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_round_trip(tmp_path, rng, dtype):
     X, y = rng.normal(size=(33, 5)), rng.integers(0, 2, 33)
-    net = bpgpu.MLP([5, 7, 4, 2], activation=["tanh", "relu"], output="sigmoid", loss="cross_entropy", backend="numpy", dtype=dtype, seed=2)
+    net = bpgpu.MLP(
+        [5, 7, 4, 2],
+        activation=["tanh", "relu"],
+        output="sigmoid",
+        loss="cross_entropy",
+        backend="numpy",
+        dtype=dtype,
+        seed=2,
+    )
     net.fit(X, np.eye(2)[y], epochs=2, batch_size=8)
     path = tmp_path / "model.npz"
     net.save(path)
     back = bpgpu.load(path, backend="numpy")
     assert back.layers == net.layers
     assert back.activations == ["tanh", "relu"]
-    assert (back.output, back.loss_name, back.dtype) == ("sigmoid", "cross_entropy", np.dtype(dtype))
+    assert (back.output, back.loss_name, back.dtype) == (
+        "sigmoid",
+        "cross_entropy",
+        np.dtype(dtype),
+    )
     for (W1, b1), (W2, b2) in zip(net.get_weights(), back.get_weights()):
         assert W2.dtype == np.dtype(dtype)
         np.testing.assert_array_equal(W1, W2)

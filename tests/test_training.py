@@ -23,7 +23,15 @@ def split(X, y, seed=0, test=0.25):
 
 
 def test_xor_2_2_1_learns_with_per_sample_sgd():
-    net = bpgpu.MLP([2, 2, 1], activation="sigmoid", output="sigmoid", loss="mse", backend="numpy", dtype="float64", seed=0)
+    net = bpgpu.MLP(
+        [2, 2, 1],
+        activation="sigmoid",
+        output="sigmoid",
+        loss="mse",
+        backend="numpy",
+        dtype="float64",
+        seed=0,
+    )
     hist = net.fit(XOR_X, XOR_Y, epochs=3000, batch_size=1, optimizer=bpgpu.SGD(lr=0.5))
     np.testing.assert_array_equal(net.predict(XOR_X), [0, 1, 1, 0])
     assert net.score(XOR_X, XOR_Y) == 1.0
@@ -34,7 +42,9 @@ def test_xor_2_2_1_learns_with_per_sample_sgd():
 def test_xor_2_1_cannot_learn():
     # one sigmoid unit draws one line: no seed gets all four points right
     for seed in range(5):
-        net = bpgpu.MLP([2, 1], output="sigmoid", loss="mse", backend="numpy", dtype="float64", seed=seed)
+        net = bpgpu.MLP(
+            [2, 1], output="sigmoid", loss="mse", backend="numpy", dtype="float64", seed=seed
+        )
         net.fit(XOR_X, XOR_Y, epochs=500, batch_size=1, optimizer=bpgpu.SGD(lr=0.5), seed=seed)
         assert net.score(XOR_X, XOR_Y) <= 0.75, f"seed {seed}"
 
@@ -43,7 +53,9 @@ def test_digits_at_least_96_percent():
     datasets = pytest.importorskip("sklearn.datasets")
     X, y = datasets.load_digits(return_X_y=True)
     Xtr, Xte, ytr, yte = split(X / 16.0, y)
-    net = bpgpu.MLP([64, 32, 16, 10], activation="sigmoid", output="softmax", backend="numpy", seed=0)
+    net = bpgpu.MLP(
+        [64, 32, 16, 10], activation="sigmoid", output="softmax", backend="numpy", seed=0
+    )
     hist = net.fit(Xtr, ytr, epochs=60, batch_size=32, optimizer=bpgpu.Adam(lr=0.01))
     acc = net.score(Xte, yte)
     assert acc >= 0.96, f"digits test accuracy {acc:.4f}"
@@ -56,8 +68,17 @@ def test_iris_at_least_90_percent():
     X, y = datasets.load_iris(return_X_y=True)
     Xtr, Xte, ytr, yte = split(X, y)
     mean, std = Xtr.mean(axis=0), Xtr.std(axis=0)
-    net = bpgpu.MLP([4, 8, 9, 3], activation="relu", output="softmax", loss="cross_entropy", backend="numpy", seed=0)
-    hist = net.fit((Xtr - mean) / std, ytr, epochs=100, batch_size=len(Xtr), optimizer=bpgpu.Adam(lr=0.01))
+    net = bpgpu.MLP(
+        [4, 8, 9, 3],
+        activation="relu",
+        output="softmax",
+        loss="cross_entropy",
+        backend="numpy",
+        seed=0,
+    )
+    hist = net.fit(
+        (Xtr - mean) / std, ytr, epochs=100, batch_size=len(Xtr), optimizer=bpgpu.Adam(lr=0.01)
+    )
     loss = hist["loss"]
     assert len(loss) == 100
     assert 0.8 < loss[0] < 1.6, f"first epoch's loss {loss[0]:.3f}, expected about 1.1"
@@ -70,20 +91,30 @@ def test_iris_at_least_90_percent():
 
 
 def weights_equal(a, b) -> bool:
-    return all(np.array_equal(W1, W2) and np.array_equal(b1, b2) for (W1, b1), (W2, b2) in zip(a, b))
+    return all(
+        np.array_equal(W1, W2) and np.array_equal(b1, b2) for (W1, b1), (W2, b2) in zip(a, b)
+    )
 
 
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
 def test_same_seed_same_weights_different_seed_different(activation):
-    make = lambda seed: bpgpu.MLP([7, 33, 3], activation=activation, backend="numpy", seed=seed).get_weights()  # noqa: E731
+    def make(seed):
+        return bpgpu.MLP(
+            [7, 33, 3], activation=activation, backend="numpy", seed=seed
+        ).get_weights()
+
     assert weights_equal(make(5), make(5))
     assert not weights_equal(make(5), make(6))
 
 
 def test_initialisation_he_for_relu_glorot_otherwise():
-    relu = bpgpu.MLP([400, 300, 2], activation="relu", backend="numpy", dtype="float64", seed=0).get_weights()
+    relu = bpgpu.MLP(
+        [400, 300, 2], activation="relu", backend="numpy", dtype="float64", seed=0
+    ).get_weights()
     assert np.std(relu[0][0]) == pytest.approx(np.sqrt(2 / 400), rel=0.02)
-    sig = bpgpu.MLP([400, 300, 2], activation="sigmoid", backend="numpy", dtype="float64", seed=0).get_weights()
+    sig = bpgpu.MLP(
+        [400, 300, 2], activation="sigmoid", backend="numpy", dtype="float64", seed=0
+    ).get_weights()
     limit = np.sqrt(6 / 700)
     assert np.abs(sig[0][0]).max() <= limit
     assert np.abs(sig[0][0]).max() > 0.99 * limit
@@ -103,7 +134,9 @@ def test_fit_with_same_seeds_is_reproducible(rng):
 
     def run(fit_seed):
         net = bpgpu.MLP([5, 7, 3], activation="tanh", backend="numpy", seed=1)
-        hist = net.fit(X, y, epochs=4, batch_size=16, optimizer=bpgpu.RMSprop(lr=0.01), seed=fit_seed)
+        hist = net.fit(
+            X, y, epochs=4, batch_size=16, optimizer=bpgpu.RMSprop(lr=0.01), seed=fit_seed
+        )
         return net.get_weights(), hist["loss"]
 
     (w1, l1), (w2, l2), (w3, _) = run(3), run(3), run(4)
@@ -178,13 +211,22 @@ def test_early_stopping_with_patience_keeps_the_best_weights(rng):
     X, y = rng.normal(size=(64, 10)), rng.integers(0, 2, 64)
     Xv, yv = rng.normal(size=(64, 10)), rng.integers(0, 2, 64)
     net = bpgpu.MLP([10, 64, 2], activation="relu", backend="numpy", dtype="float64", seed=0)
-    hist = net.fit(X, y, epochs=500, batch_size=8, optimizer=bpgpu.Adam(lr=0.01), validation_data=(Xv, yv), patience=3)
+    hist = net.fit(
+        X,
+        y,
+        epochs=500,
+        batch_size=8,
+        optimizer=bpgpu.Adam(lr=0.01),
+        validation_data=(Xv, yv),
+        patience=3,
+    )
     assert hist.stopped_epoch is not None and hist.stopped_epoch < 500
     assert len(hist.epochs) == hist.stopped_epoch
     val = hist["val_loss"]
     best = int(np.argmin(val)) + 1
     assert hist.best_epoch == best
-    assert hist.stopped_epoch - best == 3  # stops after exactly `patience` epochs without improvement
+    # stops after exactly `patience` epochs without improvement
+    assert hist.stopped_epoch - best == 3
     assert all(v >= val[best - 1] for v in val[best:])
     assert net.loss(Xv, yv) == pytest.approx(val[best - 1], rel=1e-12)  # the best epoch's weights
 
