@@ -301,7 +301,7 @@ def test_output_delta(cpu_lib, shape, pair, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("split", [False, True], ids=["fused", "split"])
 def test_weight_gradient(cpu_lib, split, dtype):
-    m, k, n = (1000, 3, 5) if split else (67, 70, 33)
+    m, k, n = (1100, 3, 5) if split else (67, 70, 33)
     rng = np.random.default_rng([m, k, n, 5])
     A, D = rand(rng, m, k, dtype=dtype), rand(rng, m, n, dtype=dtype)
     gW, gb = poisoned((k, n), dtype), poisoned((n,), dtype)
@@ -322,7 +322,7 @@ def test_weight_gradient(cpu_lib, split, dtype):
 def test_weight_update(cpu_lib, opt, split, dtype):
     """Three optimizer steps in place, W, b and every slot compared after each."""
     optimizer = OPTIMIZERS[opt]
-    m, k, n = (1000, 3, 5) if split else (67, 70, 33)
+    m, k, n = (1100, 3, 5) if split else (67, 70, 33)
     rng = np.random.default_rng([m, k, n, 6])
     W0, b0 = rand(rng, k, n), rand(rng, n)
     ops = CpuKernels(cpu_lib, target_blocks=64 if split else 1)

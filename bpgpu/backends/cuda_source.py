@@ -145,13 +145,13 @@ def split_count(m: int, k: int, n: int, target_blocks: int) -> int:
     """How many slices of the batch the weight gradient takes (1: the fused single pass).
 
     Split when W's (k, n) tiles are too few to occupy ``target_blocks`` blocks and each slice
-    still keeps at least 8 TILE_K steps of the batch, so the partial sums are worth their
-    memory traffic.
+    still keeps at least 32 TILE_K steps (512 rows) of the batch, so the partial sums and the
+    extra launch are worth it: a short batch (the launch-bound 784-512-10 at 256) never splits.
     """
     tiles = math.ceil(k / TUNABLES["TILE_M"]) * math.ceil(n / TUNABLES["TILE_N"])
     if tiles >= target_blocks:
         return 1
-    most = m // (8 * TUNABLES["TILE_K"])
+    most = m // (32 * TUNABLES["TILE_K"])
     return max(1, min(math.ceil(target_blocks / tiles), most))
 
 
