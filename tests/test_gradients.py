@@ -118,3 +118,27 @@ def test_gradients_do_not_change_the_weights(rng):
     for (W0, b0), (W1, b1) in zip(before, net.get_weights()):
         np.testing.assert_array_equal(W0, W1)
         np.testing.assert_array_equal(b0, b1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cupy", "numba"])
+@pytest.mark.parametrize("output,loss", sorted(COMBINATIONS))
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_gpu_gradients_match_numpy_in_float64(rng, backend, activation, output, loss):
+    try:
+        xp = bpgpu.get_backend(backend)
+    except bpgpu.BackendUnavailableError as exc:
+        pytest.skip(str(exc))
+    k = 3 if output == "softmax" else 2
+    layers = [33, 129, 7, k]
+    X, y = rng.normal(size=(131, 33)), targets(rng, 131, k, output)
+    weights = random_weights(rng, layers)
+    grads = []
+    for b in ("numpy", xp):
+        net = bpgpu.MLP(layers, activation, output, loss, backend=b, dtype="float64")
+        net.set_weights(weights)
+        grads.append((net.loss(X, y), net.gradients(X, y)))
+    assert grads[1][0] == pytest.approx(grads[0][0], rel=1e-12)
+    for (aW, ab), (bW, bb) in zip(grads[0][1], grads[1][1]):
+        np.testing.assert_allclose(bW, aW, rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(bb, ab, rtol=1e-10, atol=1e-13)

@@ -268,3 +268,34 @@ def test_score_is_r2_for_regression(rng):
     pred = net.predict(X)
     r2 = 1 - np.sum((y - pred) ** 2) / np.sum((y - y.mean()) ** 2)
     assert net.score(X, y) == pytest.approx(r2, rel=1e-9)
+
+
+# ---- GPU backends against the NumPy reference ----------------------------------------------
+
+
+def gpu_backend(name: str):
+    try:
+        return bpgpu.get_backend(name)
+    except bpgpu.BackendUnavailableError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cupy", "numba"])
+@pytest.mark.parametrize("dtype,rtol", [("float64", 1e-9), ("float32", 2e-3)])
+def test_gpu_loss_curve_matches_numpy(rng, backend, dtype, rtol):
+    """Same seed, same data: the loss curve and final weights of a GPU backend agree with NumPy's."""
+    xp = gpu_backend(backend)
+    X, y = rng.normal(size=(1000, 33)), rng.integers(0, 10, 1000)
+    runs = []
+    for b in ("numpy", xp):
+        net = bpgpu.MLP(
+            [33, 129, 31, 10], activation=["relu", "tanh"], backend=b, dtype=dtype, seed=0
+        )
+        hist = net.fit(X, y, epochs=3, batch_size=127, optimizer=bpgpu.Adam(lr=1e-3), seed=1)
+        runs.append((hist["loss"], net.get_weights(), net.predict_proba(X)))
+    np.testing.assert_allclose(runs[1][0], runs[0][0], rtol=rtol)
+    for (W1, b1), (W2, b2) in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_allclose(W2, W1, rtol=rtol, atol=rtol * 1e-2)
+        np.testing.assert_allclose(b2, b1, rtol=rtol, atol=rtol * 1e-2)
+    np.testing.assert_allclose(runs[1][2], runs[0][2], rtol=rtol, atol=rtol * 1e-2)
