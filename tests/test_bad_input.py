@@ -96,11 +96,14 @@ BAD_X = [
         "X.*infinite",
     ),
     (lambda X: X.astype(str), TypeError, "X"),
+    (lambda X: X + 1j, TypeError, "X"),  # complex: casting would drop the imaginary part
     (lambda X: [[1.0, 2.0], [3.0]], (TypeError, ValueError), "X"),  # ragged
 ]
 
+BAD_X_IDS = ["features", "1d", "3d", "empty", "nan", "inf", "strings", "complex", "ragged"]
 
-@pytest.mark.parametrize("bad,exc,match", BAD_X)
+
+@pytest.mark.parametrize("bad,exc,match", BAD_X, ids=BAD_X_IDS)
 @pytest.mark.parametrize(
     "method", ["fit", "predict", "predict_proba", "loss", "score", "gradients"]
 )
@@ -125,8 +128,20 @@ BAD_Y = [
     (lambda y: y[:, None, None], "y.*shape"),
 ]
 
+BAD_Y_IDS = [
+    "label-too-big",
+    "label-negative",
+    "fractional",
+    "length",
+    "nan",
+    "inf",
+    "width",
+    "range",
+    "3d",
+]
 
-@pytest.mark.parametrize("bad,match", BAD_Y)
+
+@pytest.mark.parametrize("bad,match", BAD_Y, ids=BAD_Y_IDS)
 @pytest.mark.parametrize("method", ["fit", "loss", "score", "gradients"])
 def test_bad_y(net, data, method, bad, match):
     X, y = data
@@ -136,10 +151,15 @@ def test_bad_y(net, data, method, bad, match):
     assert same_weights(before, net.get_weights())
 
 
-def test_y_of_strings_is_a_type_error(net, data):
+@pytest.mark.parametrize(
+    "convert", [lambda y: y.astype(str), lambda y: y + 0j], ids=["strings", "complex"]
+)
+def test_y_of_the_wrong_type_is_a_type_error(net, data, convert):
     X, y = data
+    before = net.get_weights()
     with pytest.raises(TypeError, match="y"):
-        net.fit(X, y.astype(str))
+        net.fit(X, convert(y))
+    assert same_weights(before, net.get_weights())
 
 
 def test_single_sigmoid_output_targets_must_be_in_0_1(rng):
