@@ -299,3 +299,34 @@ def test_gpu_loss_curve_matches_numpy(rng, backend, dtype, rtol):
         np.testing.assert_allclose(W2, W1, rtol=rtol, atol=rtol * 1e-2)
         np.testing.assert_allclose(b2, b1, rtol=rtol, atol=rtol * 1e-2)
     np.testing.assert_allclose(runs[1][2], runs[0][2], rtol=rtol, atol=rtol * 1e-2)
+
+
+# ---- fit's minibatches against gradients() by hand ---------------------------------------------
+
+
+@pytest.mark.parametrize("n,batch_size", [(10, 4), (7, 7), (5, 1), (9, 100)])
+def test_fit_is_minibatch_sgd_with_momentum_carried_across_batches(rng, n, batch_size):
+    """Two epochs of fit (shuffle off, a short last batch) against the same updates computed
+    from net.gradients on each batch; the velocity carries over batches and epochs."""
+    X, y = rng.normal(size=(n, 3)), rng.integers(0, 2, n)
+    opt = bpgpu.SGD(lr=0.3, momentum=0.7, nesterov=True, weight_decay=0.01)
+    net = bpgpu.MLP([3, 5, 2], activation="tanh", backend="numpy", dtype="float64", seed=2)
+    manual = bpgpu.MLP([3, 5, 2], activation="tanh", backend="numpy", dtype="float64", seed=2)
+    weights = [(W.copy(), b.copy()) for W, b in manual.get_weights()]
+    velocity = [(np.zeros_like(W), np.zeros_like(b)) for W, b in weights]
+    for _ in range(2):
+        for start in range(0, n, batch_size):
+            manual.set_weights(weights)
+            grads = manual.gradients(X[start : start + batch_size], y[start : start + batch_size])
+            for (W, b), (vW, vb), (gW, gb) in zip(weights, velocity, grads):
+                gW = gW + opt.weight_decay * W
+                vW *= opt.momentum
+                vW += gW
+                vb *= opt.momentum
+                vb += gb
+                W -= opt.lr * (gW + opt.momentum * vW)
+                b -= opt.lr * (gb + opt.momentum * vb)
+    net.fit(X, y, epochs=2, batch_size=batch_size, optimizer=opt, shuffle=False)
+    for (W1, b1), (W2, b2) in zip(net.get_weights(), weights):
+        np.testing.assert_allclose(W1, W2, rtol=1e-11, atol=1e-13)
+        np.testing.assert_allclose(b1, b2, rtol=1e-11, atol=1e-13)
