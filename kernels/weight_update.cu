@@ -12,8 +12,8 @@
 // Split-batch path, for a long batch and a small W (few output tiles to fill the GPU):
 //   weight_partial_<f32|f64>: grid (ceil(n / TILE_N), ceil(k / TILE_M), splits); split z sums
 //     rows [z * rows_per_split, (z + 1) * rows_per_split) into partW[z] (k, n), partb[z] (n,).
-//   weight_finish_<opt>_<f32|f64>: grid ceil((k * n + n) / ELEMENT_THREADS), ELEMENT_THREADS
-//     threads; sums the splits in order z = 0, 1, ... (deterministic: no atomics) and steps.
+//   weight_finish_<opt>_<f32|f64>: grid ceil((k * n + n) / ELEMENT_THREADS) (capped; grid-stride),
+//     ELEMENT_THREADS threads; sums the splits in order z = 0, 1, ... (deterministic: no atomics) and steps.
 // Optimizer arguments (step, lr, wd, h1, h2, eps) are described in optimizers.cuh.
 #include "gemm.cuh"
 #include "optimizers.cuh"
@@ -77,17 +77,18 @@ __device__ void weight_partial(const T* __restrict__ A, const T* __restrict__ D,
 template <class T, int O>
 __device__ void weight_finish(const T* __restrict__ partW, const T* __restrict__ partb, int splits, T* W, T* b,
                               T* sW1, T* sW2, T* sb1, T* sb2, const OptArgs<T>& o, int k, int n) {
-  const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   const long long kn = (long long)k * n;
-  if (e < kn) {
+  const long long stride = (long long)gridDim.x * blockDim.x;
+  for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < kn + n; e += stride) {
     T g = T(0);
-    for (int z = 0; z < splits; ++z) g += partW[z * kn + e];
-    opt_apply_weight<T, O>(W, e, g, sW1, sW2, o);
-  } else if (e < kn + n) {
-    const long long c = e - kn;
-    T g = T(0);
-    for (int z = 0; z < splits; ++z) g += partb[(long long)z * n + c];
-    opt_apply<T, O>(b, c, g, sb1, sb2, o);
+    if (e < kn) {
+      for (int z = 0; z < splits; ++z) g += partW[z * kn + e];
+      opt_apply_weight<T, O>(W, e, g, sW1, sW2, o);
+    } else {
+      const long long c = e - kn;
+      for (int z = 0; z < splits; ++z) g += partb[(long long)z * n + c];
+      opt_apply<T, O>(b, c, g, sb1, sb2, o);
+    }
   }
 }
 

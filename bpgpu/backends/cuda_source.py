@@ -48,6 +48,8 @@ ARCHITECTURES = ("80", "86", "89", "90")
 
 #: at most this many blocks for the grid-stride elementwise kernels
 _MAX_ELEMENT_BLOCKS = 65535
+#: CUDA's limit on gridDim.y (and z)
+_MAX_GRID_Y = 65535
 
 
 def kernel_dir() -> Path:
@@ -118,10 +120,11 @@ Geometry = tuple[tuple[int, int, int], tuple[int, int, int]]
 
 def gemm_geometry(rows: int, cols: int, splits: int = 1) -> Geometry:
     """Blocks covering a (rows, cols) output with TILE_M x TILE_N tiles, ``splits`` deep."""
-    return (
-        (math.ceil(cols / TUNABLES["TILE_N"]), math.ceil(rows / TUNABLES["TILE_M"]), splits),
-        (GEMM_THREADS, 1, 1),
-    )
+    row_tiles = math.ceil(rows / TUNABLES["TILE_M"])
+    if row_tiles > _MAX_GRID_Y:
+        most = _MAX_GRID_Y * TUNABLES["TILE_M"]
+        raise ValueError(f"{rows} rows exceed the {most} one GEMM launch covers; split the batch")
+    return (math.ceil(cols / TUNABLES["TILE_N"]), row_tiles, splits), (GEMM_THREADS, 1, 1)
 
 
 def row_geometry(m: int) -> Geometry:
