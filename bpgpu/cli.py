@@ -55,10 +55,15 @@ def check_layers_fit_data(layers: list[int], data: datasets.Dataset, output: str
         )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Reports mistakes as UsageError, so every error reads ``bpgpu: error: ...``."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="bpgpu", description="Train multi-layer perceptrons by backpropagation."
-    )
+    parser = _Parser(prog="bpgpu", description="Train multi-layer perceptrons by backpropagation.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train a network on a data set and test it")
@@ -222,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             return bench(argv[1:])
         try:
             args = _parser().parse_args(argv)
-        except SystemExit as exc:  # argparse has printed usage or help already
+        except SystemExit as exc:  # --help has been printed
             return exc.code if isinstance(exc.code, int) else 2
         if args.command == "info":
             return info()

@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import bpgpu
+from bpgpu import cli
+
+QUICK = ["--epochs", "3", "--quiet", "--backend", "numpy"]
+
+
+def _run(capsys, argv: list[str]) -> tuple[int, str, str]:
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_digits_prints_accuracy_time_backend(capsys):
+    argv = ["train", "--dataset", "digits", "--layers", "64-32-16-10", "--optimizer", "adam"]
+    code, out, err = _run(capsys, argv + ["--lr", "0.01", *QUICK])
+    assert code == 0, err
+    accuracy = float(out.split("test accuracy:")[1].split()[0])
+    assert 0.5 < accuracy <= 1.0  # 3 epochs of Adam at 0.01 learn most of digits
+    assert "wall time:" in out and "backend: numpy" in out
+
+
+def test_train_shows_progress_bar(capsys):
+    code, _out, err = _run(
+        capsys, ["train", "--dataset", "xor", "--epochs", "2", "--backend", "numpy"]
+    )
+    assert code == 0
+    assert "2/2" in err  # tqdm writes its bar to stderr
+
+
+def test_train_iris_validation_save_and_plot(tmp_path, capsys):
+    model, png = tmp_path / "m.npz", tmp_path / "loss.png"
+    argv = [
+        "train",
+        "--dataset",
+        "iris",
+        "--layers",
+        "4-8-3",
+        "--optimizer",
+        "rmsprop",
+        "--validation-split",
+        "0.2",
+        "--save",
+        str(model),
+        "--plot",
+        str(png),
+        *QUICK,
+    ]
+    code, out, err = _run(capsys, argv)
+    assert code == 0, err
+    assert "validation loss" in out
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    net = bpgpu.load(model, backend="numpy")
+    assert list(net.layers) == [4, 8, 3]
+
+
+@pytest.mark.parametrize(
+    "layers, message",
+    [
+        ("64-x-10", "sizes joined by '-'"),
+        ("64", "at least two sizes"),
+        ("64-0-10", "at least two sizes"),
+        ("63-32-10", "64 features"),
+        ("64-32-9", "10 classes"),
+    ],
+)
+def test_bad_layers_exit_2(capsys, layers, message):
+    code, _out, err = _run(capsys, ["train", "--dataset", "digits", "--layers", layers, *QUICK])
+    assert code == 2
+    assert err.startswith("bpgpu: error:") and message in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--dataset", "nope"], "invalid choice"),
+        (["train", "--epochs", "many"], "invalid int"),
+        (["train", "--dataset", "digits", "--data-dir", "/x"], "only for --dataset mnist"),
+        (["train", "--dataset", "mnist", "--data-dir", "/no/such/dir"], "not a folder"),
+        (["train", "--dataset", "xor", "--backend", "cupy"], "cupy"),
+        (["train", "--dataset", "xor", "--backend", "tpu"], "backend must be one of"),
+        (["train", "--dataset", "xor", "--epochs", "0"], "epochs"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_user_errors_exit_2(capsys, argv, message):
+    code, _out, err = _run(capsys, argv)
+    assert code == 2
+    assert "bpgpu: error:" in err and message in err
+    assert "Traceback" not in err
+
+
+def test_info(capsys):
+    code, out, _err = _run(capsys, ["info"])
+    assert code == 0
+    assert f"bpgpu {bpgpu.__version__}" in out and f"numpy {np.__version__}" in out
+    lines = {line.split(":")[0]: line for line in out.splitlines() if not line.startswith(" ")}
+    assert lines["numpy"] == "numpy: available"
+    if "cupy" not in bpgpu.available_backends():
+        assert "not available" in lines["cupy"] and len(lines["cupy"]) > len(
+            "cupy: not available: "
+        )
+
+
+def test_bench_is_forwarded(monkeypatch):
+    seen = []
+    import bpgpu.benchmark
+
+    monkeypatch.setattr(bpgpu.benchmark, "main", lambda argv: seen.append(argv) or 0)
+    assert cli.main(["bench", "--quick", "--systems", "numpy"]) == 0
+    assert seen == [["--quick", "--systems", "numpy"]]
+
+
+def test_bench_missing_module(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "bpgpu.benchmark", None)
+    code, _out, err = _run(capsys, ["bench"])
+    assert code == 2 and "benchmark" in err
+
+
+def test_python_dash_m():
+    result = subprocess.run(
+        [sys.executable, "-m", "bpgpu", "train", "--layers", "1-2"],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("bpgpu: error:") and "Traceback" not in result.stderr
