@@ -4,6 +4,9 @@
 //   output_delta_<out>_<loss>_<f32|f64>(Z, Y, A, D, rows, m, n):
 //       A = out(Z);  D = dL/dZ with L the mean loss over the batch (D carries the 1/m);
 //       rows[2 r] = sample r's loss, rows[2 r + 1] = 1 if sample r is classified right, else 0
+//   dense_output_delta_<out>_<loss>_<f32|f64>(A_prev, W, b, Z, Y, A, D, rows, m, k, n):
+//       the last layer's Z = A_prev @ W + b (A_prev: (m, k), W: (k, n)) and output_delta in one
+//       kernel, for n <= TILE_N; grid (1, ceil(m / TILE_M)), block GEMM_THREADS
 //   row_stats_reduce(rows, m, stats):                       stats[0] += sum of losses,
 //                                                           stats[1] += number right
 //   Z, Y, A, D: (m, n) row-major; rows: (m, 2) float64; stats: (2,) float64.
@@ -21,6 +24,7 @@
 // one block of REDUCE_THREADS threads summing in a fixed order, so stats are bit-for-bit
 // reproducible run to run.
 #include "activations.cuh"
+#include "gemm.cuh"
 
 enum Out { OUT_SOFTMAX = 0, OUT_SIGMOID = 1, OUT_IDENTITY = 2 };
 enum Loss { LOSS_CROSS_ENTROPY = 0, LOSS_MSE = 1 };
@@ -67,11 +71,10 @@ __device__ __forceinline__ int first_argmax(const T* v, int n) {
   return best;
 }
 
+// Row r's output, delta and per-sample loss and correctness (see the table above).
 template <class T, int O, int L>
-__device__ void output_delta(const T* __restrict__ Z, const T* __restrict__ Y, T* __restrict__ A,
-                             T* __restrict__ D, double* __restrict__ rows, int m, int n) {
-  const int r = blockIdx.x * blockDim.x + threadIdx.x;
-  if (r >= m) return;
+__device__ __noinline__ void output_delta_row(int r, const T* __restrict__ Z, const T* __restrict__ Y, T* __restrict__ A,
+                                 T* __restrict__ D, double* __restrict__ rows, int m, int n) {
   const long long off = (long long)r * n;
   const T *z = Z + off, *y = Y + off;
   T *a = A + off, *d = D + off;
@@ -121,6 +124,41 @@ __device__ void output_delta(const T* __restrict__ Z, const T* __restrict__ Y, T
   rows[2 * (long long)r + 1] = right;
 }
 
+template <class T, int O, int L>
+__device__ void output_delta(const T* __restrict__ Z, const T* __restrict__ Y, T* __restrict__ A,
+                             T* __restrict__ D, double* __restrict__ rows, int m, int n) {
+  const int r = blockIdx.x * blockDim.x + threadIdx.x;
+  if (r < m) output_delta_row<T, O, L>(r, Z, Y, A, D, rows, m, n);
+}
+
+// The last layer's forward and output_delta in one kernel, for n <= TILE_N: a GEMM block then
+// owns whole rows. Z = A_prev @ W + b is written, the block synchronises (its global writes are
+// then visible to it), and thread i finishes row row0 + i as output_delta does.
+template <class T, int O, int L>
+__device__ void dense_output_delta(const T* __restrict__ A_prev, const T* __restrict__ W, const T* __restrict__ b,
+                                   T* __restrict__ Z, const T* __restrict__ Y, T* __restrict__ A, T* __restrict__ D,
+                                   double* __restrict__ rows, int m, int k, int n) {
+  const int row0 = blockIdx.y * TILE_M;
+  T acc[THREAD_M][THREAD_N], unused[THREAD_N];
+  gemm_tile<T, false, false>(A_prev, k, W, n, m, n, 0, k, row0, 0, acc, unused, false);
+  T bias[THREAD_N];
+#pragma unroll
+  for (int j = 0; j < THREAD_N; ++j) bias[j] = tile_col(0, j) < n ? b[tile_col(0, j)] : T(0);
+#pragma unroll
+  for (int i = 0; i < THREAD_M; ++i) {
+    const int r = tile_row(row0, i);
+    if (r >= m) continue;
+#pragma unroll
+    for (int j = 0; j < THREAD_N; ++j) {
+      const int c = tile_col(0, j);
+      if (c < n) Z[(long long)r * n + c] = acc[i][j] + bias[j];
+    }
+  }
+  __syncthreads();
+  const int r = row0 + (int)threadIdx.x;
+  if (threadIdx.x < TILE_M && r < m) output_delta_row<T, O, L>(r, Z, Y, A, D, rows, m, n);
+}
+
 extern "C" __global__ void __launch_bounds__(REDUCE_THREADS)
     row_stats_reduce(const double* rows, int m, double* stats) {
   __shared__ double part[2][REDUCE_THREADS];
@@ -163,7 +201,13 @@ BPGPU_OUTPUTS(OUTPUT_FORWARD_F64)
       const T* Z, const T* Y, T* A, T* D, double* rows, int m, int n) {                                 \
     output_delta<T, O, L>(Z, Y, A, D, rows, m, n);                                                      \
   }                                                                                                     \
-  BPGPU_REGISTER(output_delta_##ONAME##_##LNAME##_##SUF)
+  BPGPU_REGISTER(output_delta_##ONAME##_##LNAME##_##SUF)                                              \
+  extern "C" __global__ void __launch_bounds__(GEMM_THREADS) dense_output_delta_##ONAME##_##LNAME##_##SUF( \
+      const T* A_prev, const T* W, const T* b, T* Z, const T* Y, T* A, T* D, double* rows, int m, int k,   \
+      int n) {                                                                                           \
+    dense_output_delta<T, O, L>(A_prev, W, b, Z, Y, A, D, rows, m, k, n);                               \
+  }                                                                                                     \
+  BPGPU_REGISTER(dense_output_delta_##ONAME##_##LNAME##_##SUF)
 #define OUTPUT_DELTA_F32(ON, O, LN, L) OUTPUT_DELTA_ENTRY(float, f32, ON, O, LN, L)
 #define OUTPUT_DELTA_F64(ON, O, LN, L) OUTPUT_DELTA_ENTRY(double, f64, ON, O, LN, L)
 BPGPU_OUTPUT_LOSSES(OUTPUT_DELTA_F32)

@@ -395,18 +395,21 @@ def test_launchers_name_the_bad_argument(cpu_lib):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_train_steps_match_numpy(cpu_lib, dtype):
-    """The composed step (gather, forward, loss, backward with Adam) on the kernels, 3 steps."""
+@pytest.mark.parametrize("classes", [3, 70], ids=["fused-last-layer", "separate-last-layer"])
+def test_train_steps_match_numpy(cpu_lib, classes, dtype):
+    """KernelOps.train_step (gather, forward, loss, backward with Adam) against the base class's
+    step on NumPy, 3 steps; an output of at most TILE_N classes takes the fused last layer."""
     rng = np.random.default_rng(8)
-    sizes, acts = [7, 33, 5, 3], ["relu", "tanh"]
-    X, y = rng.standard_normal((40, 7)), rng.integers(0, 3, 40)
-    Y = np.eye(3)[y]
+    sizes, acts = [7, 33, 5, classes], ["relu", "tanh"]
+    X, y = rng.standard_normal((40, 7)), rng.integers(0, classes, 40)
+    Y = np.eye(classes)[y]
     params = [
         (rng.standard_normal((a, b)) * 0.5, rng.standard_normal(b) * 0.1)
         for a, b in itertools.pairwise(sizes)
     ]
     results = []
-    for backend, dt in ((CpuKernels(cpu_lib, target_blocks=1), dtype), (REF, np.float64)):
+    kernels = CpuKernels(cpu_lib, target_blocks=1)
+    for backend, dt in ((kernels, dtype), (REF, np.float64)):
         net = Network(
             W=[backend.asarray(W, dt) for W, _ in params],
             b=[backend.asarray(b, dt) for _, b in params],
@@ -427,3 +430,41 @@ def test_train_steps_match_numpy(cpu_lib, dtype):
     for l, (a, r) in enumerate(zip(Wk, Wr)):
         np.testing.assert_allclose(a, r, rtol=tol, atol=tol, err_msg=f"W{l + 1}")
     np.testing.assert_allclose(sk, sr, rtol=tol)
+    assert any(name.startswith("dense_output_delta") for name in kernels.launched) == (
+        classes <= 64
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pair", sorted(COMBINATIONS))
+@pytest.mark.parametrize("shape", [(1, 1, 1), (67, 33, 10), (130, 3, 64)])
+def test_dense_output_delta(cpu_lib, shape, pair, dtype):
+    """The fused last layer: Z = A W + b, then output_delta, against the two NumPy ops."""
+    output, loss = pair
+    m, k, n = shape
+    rng = np.random.default_rng([m, k, n, 9])
+    A, W, b = rand(rng, m, k, dtype=dtype), rand(rng, k, n, dtype=dtype), rand(rng, n, dtype=dtype)
+    Y = fenced_input(targets(rng, output, m, n).astype(dtype))
+    net = Network(W=[W], b=[b], activations=[], output=output, loss=loss)
+    ops = CpuKernels(cpu_lib)
+    ws = ops.workspace([k, n], m, dtype)
+    ws.Z, ws.P, ws.D[-1] = (poisoned((m, n), dtype) for _ in range(3))
+    ws.Y = Y
+    stats = np.zeros(2)
+    ops._dense_output_delta(A, W, b, net, ws, stats)
+    check_guards(ws.Z, ws.P, ws.D[-1])
+    refs = {}
+    for d in {np.float64, dtype}:
+        Z = np.zeros((m, n), d)
+        REF.dense_forward(A.astype(d), W.astype(d), b.astype(d), "identity", Z)
+        P, D, s = np.zeros((m, n), d), np.zeros((m, n), d), np.zeros(2)
+        REF.output_delta(Z, Y.astype(d), output, loss, P, D, s)
+        refs[d] = (Z, P, D, s[:1])
+    r64, r32 = refs[np.float64], refs[dtype] if dtype == np.float32 else (None,) * 4
+    for name, got, i in (
+        ("Z", ws.Z, 0),
+        ("A", ws.P, 1),
+        ("D", ws.D[-1], 2),
+        ("loss", stats[:1], 3),
+    ):
+        assert_close(got, r64[i], r32[i], f"dense_output_delta {name} {pair} {shape}", floor=1e-5)

@@ -174,6 +174,7 @@ def entry_points() -> dict[str, list[str]]:
         "delta_backward": [f"delta_backward_{a}_{s}" for a in ACTIVATIONS for s in sfx],
         "output": [f"output_forward_{o}_{s}" for o in OUTPUTS for s in sfx]
         + [f"output_delta_{o}_{lo}_{s}" for o, lo in sorted(COMBINATIONS) for s in sfx]
+        + [f"dense_output_delta_{o}_{lo}_{s}" for o, lo in sorted(COMBINATIONS) for s in sfx]
         + ["row_stats_reduce"],
         "weight_update": [
             f"weight_{v}_{o}_{s}"

@@ -236,6 +236,66 @@ class KernelOps(Backend):
         )
         return out
 
+    # ---- the training step ------------------------------------------------------------------
+
+    def train_step(
+        self,
+        net: Network,
+        ws: Workspace,
+        X: Array,
+        Y: Array,
+        index: Array,
+        states: list[OptimizerState],
+        stats: Array,
+    ) -> None:
+        """The base class's step, with the last layer's forward fused into its output delta."""
+        for state in states:
+            self._advance(state)
+        self._step_kernels(net, ws, X, Y, index, states, stats)
+
+    def _step_kernels(self, net, ws, X, Y, index, states, stats) -> None:
+        """The kernels of one step; the update counts are already advanced."""
+        self.gather_rows(X, index, ws.X)
+        self.gather_rows(Y, index, ws.Y)
+        A = ws.X
+        for l, act in enumerate(net.activations):
+            A = self.dense_forward(A, net.W[l], net.b[l], act, ws.A[l])
+        if net.W[-1].shape[1] <= cs.TUNABLES["TILE_N"]:
+            self._dense_output_delta(A, net.W[-1], net.b[-1], net, ws, stats)
+        else:
+            self.dense_forward(A, net.W[-1], net.b[-1], "identity", ws.Z)
+            self.output_delta(ws.Z, ws.Y, net.output, net.loss, ws.P, ws.D[-1], stats)
+        for l in range(len(net.W) - 1, -1, -1):
+            A_prev = ws.X if l == 0 else ws.A[l - 1]
+            if l > 0:
+                self.delta_backward(ws.D[l], net.W[l], A_prev, net.activations[l - 1], ws.D[l - 1])
+            self._weight_step(A_prev, ws.D[l], net.W[l], net.b[l], states[l])
+
+    def _dense_output_delta(
+        self, A: Array, W: Array, b: Array, net: Network, ws: Workspace, stats
+    ) -> None:
+        """ws.Z = A @ W + b, then output_delta into ws.P, ws.D[-1] and stats: one kernel, as a
+        GEMM block owns whole rows when the output is at most TILE_N wide."""
+        m, k = A.shape
+        n = W.shape[1]
+        for name, arr, shape in (
+            ("A", A, (m, k)),
+            ("W", W, (k, n)),
+            ("b", b, (n,)),
+            ("Z", ws.Z, (m, n)),
+            ("Y", ws.Y, (m, n)),
+            ("P", ws.P, (m, n)),
+            ("D", ws.D[-1], (m, n)),
+        ):
+            self._check(name, arr, shape, A.dtype)
+        self._check("stats", stats, (2,), np.dtype(np.float64))
+        rows = self._buffer(("rows",), (m, 2), np.float64)
+        shapes = f"m={m} k={k} n={n}"
+        kernel = f"dense_output_delta_{net.output}_{net.loss}_{cs.suffix(A.dtype)}"
+        args = (A, W, b, ws.Z, ws.Y, ws.P, ws.D[-1], rows, i32(m), i32(k), i32(n))
+        self._launch(kernel, cs.gemm_geometry(m, n), args, shapes)
+        self._launch("row_stats_reduce", cs.reduce_geometry(), (rows, i32(m), stats), shapes)
+
 
 def _name_in(value: str, allowed: tuple[str, ...], argument: str) -> None:
     if value not in allowed:
@@ -367,7 +427,7 @@ class CupyBackend(KernelOps):
         states: list[OptimizerState],
         stats: Array,
     ) -> None:
-        """The step of the base class, captured in a CUDA graph after its first run at a size.
+        """KernelOps's step, captured in a CUDA graph after its first run with these buffers.
 
         The graph's kernel arguments are frozen, so everything that changes between steps lives
         in device memory: the batch indices are copied into a fixed buffer, and each layer's
@@ -409,19 +469,6 @@ class CupyBackend(KernelOps):
             self._capturing = False
         return graph
 
-    def _step_kernels(self, net, ws, X, Y, index, states, stats) -> None:
-        """The kernels of one step (the update counts are already advanced)."""
-        self.gather_rows(X, index, ws.X)
-        self.gather_rows(Y, index, ws.Y)
-        self.forward(net, ws.X, ws)
-        self.output_delta(ws.Z, ws.Y, net.output, net.loss, ws.P, ws.D[-1], stats)
-        L = len(net.W)
-        for l in range(L - 1, -1, -1):
-            A_prev = ws.X if l == 0 else ws.A[l - 1]
-            if l > 0:
-                self.delta_backward(ws.D[l], net.W[l], A_prev, net.activations[l - 1], ws.D[l - 1])
-            self._weight_step(A_prev, ws.D[l], net.W[l], net.b[l], states[l])
-
 
 def _step_key(net: Network, ws: Workspace, X, Y, states: list[OptimizerState], stats) -> tuple:
     """What a captured step depends on: every buffer's address and shape, the layer functions
@@ -440,7 +487,7 @@ def _family(kernel: str) -> str:
     """The family (source file) of an entry point name."""
     if kernel.startswith(("weight_update_", "weight_finish_", "weight_partial_")):
         return "weight_update"
-    if kernel.startswith(("output_", "row_stats_")):
+    if kernel.startswith(("output_", "row_stats_", "dense_output_delta_")):
         return "output"
     if kernel.startswith("gather_rows_"):
         return "gather"
