@@ -86,7 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--backend", default="auto", help="auto, " + ", ".join(REGISTRY))
     train.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--seed", type=int, default=0, help="seeds the weights, the shuffling and the data split"
+    )
     train.add_argument("--validation-split", type=float, default=0.0)
     train.add_argument("--plot", metavar="PNG", help="save the loss curve (needs matplotlib)")
     train.add_argument("--save", metavar="NPZ", help="save the trained model")
