@@ -361,7 +361,7 @@ def test_weight_update(cpu_lib, opt, split, dtype):
                 floor,
             )
     check_guards(W, b)
-    assert state.t == 3 and int(state.scratch["step"][0]) == 3
+    assert state.t == 3 and int(state.scratch["step"][0]) == (3 if optimizer.kind == "adam" else 0)
     assert any(name.startswith("weight_partial") for name in ops.launched) == split
 
 

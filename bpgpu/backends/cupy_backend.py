@@ -168,9 +168,11 @@ class KernelOps(Backend):
         self._weight_step(A_prev, D, out_W, out_b, None)
 
     def _advance(self, state: OptimizerState) -> None:
-        """Count one more update, on the host and in the device word the kernels read."""
+        """Count one more update, on the host and, for Adam (the only rule that reads it), in
+        the device word the kernels read."""
         state.t += 1
-        state.scratch["step"].fill(state.t)
+        if state.optimizer.kind == "adam":
+            state.scratch["step"].fill(state.t)
 
     def _weight_step(
         self, A: Array, D: Array, W: Array, b: Array, state: OptimizerState | None
