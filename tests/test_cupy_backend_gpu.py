@@ -245,3 +245,37 @@ def test_fit_matches_numpy(gpu, optimizer):
     for a, r in zip(curves["cupy"][1], curves["numpy"][1]):
         np.testing.assert_allclose(a, r, rtol=1e-8, atol=1e-10)
     assert gpu._graphs, "the training step was never captured in a CUDA graph"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pair", sorted(COMBINATIONS))
+@pytest.mark.parametrize("shape", [(1, 1, 1), (4097, 33, 10), (256, 512, 10), (129, 1000, 64)])
+def test_dense_output_delta(gpu, shape, pair, dtype):
+    """The fused last layer (Z = A W + b, then output_delta) against the two NumPy ops."""
+    from bpgpu.backends.base import Network
+
+    output, loss = pair
+    m, k, n = shape
+    rng = np.random.default_rng([m, k, n, 9])
+    A, W, b = rand(rng, m, k), rand(rng, k, n) / np.sqrt(k), rand(rng, n)
+    Y = targets(rng, output, m, n)
+    net = Network(
+        W=[dev(gpu, W, dtype)], b=[dev(gpu, b, dtype)], activations=[], output=output, loss=loss
+    )
+    ws = gpu.workspace([k, n], m, dtype)
+    ws.Z, ws.P, ws.D[-1] = (poison(gpu, (m, n), dtype) for _ in range(3))
+    ws.Y = dev(gpu, Y, dtype)
+    stats = gpu.zeros((2,), np.float64)
+    gpu._dense_output_delta(dev(gpu, A, dtype), net.W[0], net.b[0], net, ws, stats)
+    refs = {}
+    for d in (np.float64, np.float32):
+        Z = np.zeros((m, n), d)
+        REF.dense_forward(A.astype(d), W.astype(d), b.astype(d), "identity", Z)
+        P, D, s = np.zeros((m, n), d), np.zeros((m, n), d), np.zeros(2)
+        REF.output_delta(Z, Y.astype(d), output, loss, P, D, s)
+        refs[d] = (Z, P, D, s[:1])
+    f32 = dtype == np.float32
+    got = (gpu.to_host(ws.Z), gpu.to_host(ws.P), gpu.to_host(ws.D[-1]), gpu.to_host(stats)[:1])
+    for i, name in enumerate(("Z", "A", "D", "loss")):
+        ref32 = refs[np.float32][i] if f32 else None
+        assert_close(got[i], refs[np.float64][i], ref32, f"{name} {pair} {shape}", k * n)
