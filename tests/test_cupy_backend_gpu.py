@@ -16,7 +16,7 @@ import pytest
 
 import bpgpu
 from bpgpu.backends import get_backend
-from bpgpu.backends.base import BackendUnavailableError
+from bpgpu.backends.base import BackendUnavailableError, Network
 from bpgpu.backends.numpy_backend import NumpyBackend
 from bpgpu.functions import ACTIVATIONS, COMBINATIONS, OUTPUTS
 from bpgpu.optimizers import SGD, Adam, RMSprop
@@ -252,8 +252,6 @@ def test_fit_matches_numpy(gpu, optimizer):
 @pytest.mark.parametrize("shape", [(1, 1, 1), (4097, 33, 10), (256, 512, 10), (129, 1000, 64)])
 def test_dense_output_delta(gpu, shape, pair, dtype):
     """The fused last layer (Z = A W + b, then output_delta) against the two NumPy ops."""
-    from bpgpu.backends.base import Network
-
     output, loss = pair
     m, k, n = shape
     rng = np.random.default_rng([m, k, n, 9])
