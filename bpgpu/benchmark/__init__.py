@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -274,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         "systems": names + list(skipped),
         "rows": rows,
         "elapsed_s": time.perf_counter() - started,
+        "load_average_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1, default=float) + "\n")

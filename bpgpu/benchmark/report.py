@@ -171,7 +171,7 @@ def plots(report: dict, out: Path) -> list[str]:
     systems = [
         s for s in report["systems"] if any("median_ms" in r["results"].get(s, {}) for r in rows)
     ]
-    labels = [f"{r['workload']}\n{r['optimizer']}" for r in rows]
+    labels = [r["workload"].replace(" ", "\n") + "\n" + r["optimizer"] for r in rows]
     x = np.arange(len(rows))
     width = 0.8 / max(len(systems), 1)
     title = "bpgpu benchmark" + (" (quick)" if report["settings"]["quick"] else "")
