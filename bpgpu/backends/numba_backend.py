@@ -1,0 +1,189 @@
+"""The numba backend: the fused training ops as numba.cuda kernels (``numba_kernels.py``).
+
+Arrays are CuPy arrays when CuPy is importable and a real GPU is present (kernels then launch
+on CuPy's current stream and read the arrays through ``__cuda_array_interface__``, no copies);
+otherwise numba's own device arrays. Under ``NUMBA_ENABLE_CUDASIM=1`` it runs on numba's CUDA
+simulator and says so with ``simulated = True``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from bpgpu.backends.base import Array, Backend, BackendUnavailableError, OptimizerState
+
+
+def _blocks(n: int, per_block: int) -> int:
+    return max(1, math.ceil(n / per_block))
+
+
+class NumbaBackend(Backend):
+    name = "numba"
+
+    @classmethod
+    def probe(cls) -> None:
+        try:
+            from numba import cuda
+        except ImportError as exc:
+            raise BackendUnavailableError(f"numba-cuda is not installed ({exc})") from None
+        if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+            return
+        if not cuda.is_available():
+            raise BackendUnavailableError("numba found no CUDA GPU (cuda.is_available() is False)")
+
+    def __init__(self) -> None:
+        from numba import config, cuda
+
+        from bpgpu.backends import numba_kernels
+
+        self._cuda = cuda
+        self._k = numba_kernels
+        self.simulated = bool(config.ENABLE_CUDASIM)
+        self._cupy = None
+        if not self.simulated:
+            try:
+                import cupy
+
+                if cupy.cuda.runtime.getDeviceCount() > 0:
+                    self._cupy = cupy
+            except Exception:  # no CuPy, or CuPy without a usable device: numba arrays
+                self._cupy = None
+        self._row_stats: dict[int, Array] = {}
+        self._dummy: dict[np.dtype, Array] = {}
+
+    def describe(self) -> dict[str, str]:
+        import numba
+
+        info = super().describe()
+        info["numba"] = numba.__version__
+        info["arrays"] = "cupy" if self._cupy is not None else "numba"
+        info["device"] = "CUDA simulator" if self.simulated else str(self._cuda.get_current_device().name)
+        return info
+
+    def _launch(self, kernel, grid, block):
+        """kernel[grid, block] on CuPy's current stream when arrays are CuPy's."""
+        if self._cupy is not None:
+            stream = self._cuda.external_stream(self._cupy.cuda.get_current_stream().ptr)
+            return kernel[grid, block, stream]
+        return kernel[grid, block]
+
+    # ---- memory -----------------------------------------------------------------------------
+
+    def asarray(self, host: np.ndarray, dtype: np.dtype) -> Array:
+        host = np.ascontiguousarray(host, dtype=dtype)
+        if self._cupy is not None:
+            return self._cupy.array(host, dtype=dtype, order="C", copy=True)
+        return self._cuda.to_device(host)
+
+    def to_host(self, array: Array) -> np.ndarray:
+        if self._cupy is not None:
+            return self._cupy.asnumpy(array)
+        return array.copy_to_host()
+
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> Array:
+        if self._cupy is not None:
+            return self._cupy.empty(shape, dtype=dtype)
+        return self._cuda.device_array(shape, dtype=dtype)
+
+    def zeros(self, shape: tuple[int, ...], dtype: np.dtype) -> Array:
+        if self._cupy is not None:
+            return self._cupy.zeros(shape, dtype=dtype)
+        return self._cuda.to_device(np.zeros(shape, dtype=dtype))
+
+    def copy_into(self, dst: Array, src: Array) -> None:
+        if self._cupy is not None:
+            dst[...] = src
+        else:
+            dst.copy_to_device(src)
+
+    def is_array(self, obj: object) -> bool:
+        if self._cupy is not None:
+            return isinstance(obj, self._cupy.ndarray)
+        return self._cuda.is_cuda_array(obj)
+
+    def synchronize(self) -> None:
+        if self._cupy is not None:
+            self._cupy.cuda.get_current_stream().synchronize()
+        else:
+            self._cuda.synchronize()
+
+    # ---- fused ops ----------------------------------------------------------------------------
+
+    def _gemm(self, A, B, trans_a: bool, trans_b: bool, bias, aux, act: str, mode: int, out) -> None:
+        k = self._k
+        M, N = out.shape
+        grid = (_blocks(N, k.TILE), _blocks(M, k.TILE))
+        kernel = k.GEMM[np.dtype(out.dtype)]
+        self._launch(kernel, grid, (k.THREADS, k.THREADS))(
+            A, B, trans_a, trans_b, bias, aux, k.ACT[act], mode, out
+        )
+
+    def dense_forward(self, X: Array, W: Array, b: Array, activation: str, out: Array) -> Array:
+        self._gemm(X, W, False, False, b, out, activation, self._k.EPI_FORWARD, out)
+        return out
+
+    def delta_backward(self, D: Array, W: Array, A_prev: Array, activation: str, out: Array) -> Array:
+        self._gemm(D, W, False, True, W[0], A_prev, activation, self._k.EPI_DERIVATIVE, out)
+        return out
+
+    def weight_gradient(self, A_prev: Array, D: Array, out_W: Array, out_b: Array) -> None:
+        self._gemm(A_prev, D, True, False, out_b, out_W, "identity", self._k.EPI_STORE, out_W)
+        n = D.shape[1]
+        self._launch(self._k.column_sum, _blocks(n, 128), 128)(D, out_b)
+
+    def output_forward(self, Z: Array, output: str, out: Array) -> Array:
+        m = Z.shape[0]
+        self._launch(self._k.output_forward, _blocks(m, 128), 128)(Z, self._k.OUT[output], out)
+        return out
+
+    def output_delta(
+        self, Z: Array, Y: Array, output: str, loss: str, out_A: Array, out_D: Array, stats: Array
+    ) -> None:
+        k = self._k
+        m = Z.shape[0]
+        row_stats = self._row_stats.get(m)
+        if row_stats is None:
+            row_stats = self._row_stats[m] = self.empty((m, 2), np.float64)
+        self._launch(k.output_delta, _blocks(m, 128), 128)(
+            Z, Y, k.OUT[output], k.LOSS[loss], 1.0 / m, out_A, out_D, row_stats
+        )
+        self._launch(k.add_stats, 1, k.REDUCE_THREADS)(row_stats, stats)
+
+    def weight_update(self, A_prev: Array, D: Array, W: Array, b: Array, state: OptimizerState) -> None:
+        scratch = state.scratch
+        if not scratch:
+            scratch.update(gW=self.empty(W.shape, W.dtype), gb=self.empty(b.shape, b.dtype))
+        self.weight_gradient(A_prev, D, scratch["gW"], scratch["gb"])
+        state.t += 1
+        opt = state.optimizer
+        self._step(opt, W, scratch["gW"], state.W, state.t, opt.weight_decay)
+        self._step(opt, b, scratch["gb"], state.b, state.t, 0.0)
+
+    def _step(self, opt, P: Array, G: Array, slots: dict, t: int, wd: float) -> None:
+        """P <- P - step(G + wd P) in place, the slot arrays updated (see numba_kernels)."""
+        k = self._k
+        dummy = self._dummy.get(np.dtype(P.dtype))
+        if dummy is None:
+            dummy = self._dummy[np.dtype(P.dtype)] = self.zeros((1,), P.dtype)
+        flat = [a.reshape(a.size) for a in (P, G, *slots.values())]
+        s1 = flat[2] if len(flat) > 2 else dummy
+        s2 = flat[3] if len(flat) > 3 else dummy
+        kind = opt.kind
+        mu = getattr(opt, "momentum", 0.0)
+        nesterov = bool(getattr(opt, "nesterov", False))
+        c1 = opt.rho if kind == "rmsprop" else getattr(opt, "beta1", 0.0)
+        c2 = getattr(opt, "beta2", 0.0)
+        eps = getattr(opt, "eps", 0.0)
+        bc1 = 1.0 - c1**t if kind == "adam" else 1.0
+        bc2 = 1.0 - c2**t if kind == "adam" else 1.0
+        self._launch(k.optimizer_step, min(_blocks(P.size, 256), 1024), 256)(
+            flat[0], flat[1], s1, s2, k.OPT[kind], opt.lr, mu, nesterov, c1, c2, eps, wd, bc1, bc2
+        )
+
+    def gather_rows(self, src: Array, index: Array, out: Array) -> Array:
+        m, n = out.shape
+        self._launch(self._k.gather_rows, (_blocks(m, 16), _blocks(n, 16)), (16, 16))(src, index, out)
+        return out

@@ -1,0 +1,277 @@
+"""numba.cuda kernels of the numba backend: one tiled GEMM with a fused epilogue, the output
+layer with its loss, a deterministic stats reduction, the optimizer step and a row gather.
+
+Every numba import of bpgpu lives here (and in ``numba_backend.py``), so ``import bpgpu`` never
+loads numba. Kernels that need shared memory of the element type are built per dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda, float64
+
+#: activation codes (bpgpu.functions.ACTIVATIONS) and output codes (bpgpu.functions.OUTPUTS)
+ACT = {"identity": 0, "sigmoid": 1, "relu": 2, "tanh": 3}
+OUT = {"identity": 0, "sigmoid": 1, "softmax": 2}
+LOSS = {"mse": 0, "cross_entropy": 1}
+OPT = {"sgd": 0, "rmsprop": 1, "adam": 2}
+#: GEMM epilogues: out = act(acc + b) | out = acc * act'(aux) | out = acc
+EPI_FORWARD, EPI_DERIVATIVE, EPI_STORE = 0, 1, 2
+
+TILE = 16  # output tile of a block, and the k-step of the shared-memory tiles
+REG = 2  # each thread computes a REG x REG register block
+THREADS = TILE // REG  # a block is THREADS x THREADS threads
+REDUCE_THREADS = 128
+
+
+@cuda.jit(device=True, inline=True)
+def _act(z, code):
+    # f(z): identity, sigmoid = (1 + tanh(z/2)) / 2 (no overflow), relu, tanh
+    if code == 1:
+        return 0.5 * (1.0 + math.tanh(0.5 * z))
+    if code == 2:
+        return z if z > 0 else 0.0 * z
+    if code == 3:
+        return math.tanh(z)
+    return z
+
+
+@cuda.jit(device=True, inline=True)
+def _deriv(a, code):
+    # f'(z) from the stored output a = f(z): sigmoid a(1-a), relu [a > 0], tanh 1-a^2, identity 1
+    if code == 1:
+        return a * (1.0 - a)
+    if code == 2:
+        return 1.0 if a > 0 else 0.0
+    if code == 3:
+        return 1.0 - a * a
+    return 1.0
+
+
+def _make_gemm(dtype):
+    # out (M,N) = epilogue(op(A) @ op(B)), op(A) = A or A^T (trans_a), op(B) likewise.
+    # Each block computes a TILE x TILE output tile, stepping over K in TILE-wide tiles of
+    # op(A) and op(B) staged in shared memory (zero past the edges); each thread keeps a
+    # REG x REG block of sums in registers. Epilogue: mode 0 act(acc + bias[c]),
+    # mode 1 acc * act'(aux[r, c]), mode 2 acc.
+    @cuda.jit
+    def gemm(A, B, trans_a, trans_b, bias, aux, act, mode, out):
+        sA = cuda.shared.array((TILE, TILE), dtype)
+        sB = cuda.shared.array((TILE, TILE), dtype)
+        acc = cuda.local.array((REG, REG), dtype)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        tid = ty * THREADS + tx
+        row0 = cuda.blockIdx.y * TILE
+        col0 = cuda.blockIdx.x * TILE
+        M = out.shape[0]
+        N = out.shape[1]
+        K = A.shape[0] if trans_a else A.shape[1]
+        for i in range(REG):
+            for j in range(REG):
+                acc[i, j] = 0
+        for k0 in range(0, K, TILE):
+            for e in range(tid, TILE * TILE, THREADS * THREADS):
+                r = e // TILE
+                c = e % TILE
+                gr = row0 + r
+                gk = k0 + c
+                if gr < M and gk < K:
+                    sA[r, c] = A[gk, gr] if trans_a else A[gr, gk]
+                else:
+                    sA[r, c] = 0
+                gk = k0 + r
+                gc = col0 + c
+                if gk < K and gc < N:
+                    sB[r, c] = B[gc, gk] if trans_b else B[gk, gc]
+                else:
+                    sB[r, c] = 0
+            cuda.syncthreads()
+            for p in range(TILE):
+                for i in range(REG):
+                    a = sA[ty * REG + i, p]
+                    for j in range(REG):
+                        acc[i, j] += a * sB[p, tx * REG + j]
+            cuda.syncthreads()
+        for i in range(REG):
+            r = row0 + ty * REG + i
+            for j in range(REG):
+                c = col0 + tx * REG + j
+                if r < M and c < N:
+                    v = acc[i, j]
+                    if mode == 0:
+                        v = _act(v + bias[c], act)
+                    elif mode == 1:
+                        v = v * _deriv(aux[r, c], act)
+                    out[r, c] = v
+
+    return gemm
+
+
+GEMM = {np.dtype(np.float32): _make_gemm(np.float32), np.dtype(np.float64): _make_gemm(np.float64)}
+
+
+@cuda.jit
+def column_sum(D, out):
+    # out[j] = sum_i D[i, j], one thread per column, rows in order (deterministic)
+    j = cuda.grid(1)
+    if j < D.shape[1]:
+        s = D[0, j] * 0
+        for i in range(D.shape[0]):
+            s += D[i, j]
+        out[j] = s
+
+
+@cuda.jit(device=True)
+def _row_output(Z, i, code, out):
+    # out[i] = output(Z[i]): softmax p_j = e^(z_j - max z) / sum_k e^(z_k - max z), or f(z_j)
+    n = Z.shape[1]
+    if code == 2:
+        mx = Z[i, 0]
+        for j in range(1, n):
+            mx = max(mx, Z[i, j])
+        s = Z[i, 0] * 0
+        for j in range(n):
+            e = math.exp(Z[i, j] - mx)
+            out[i, j] = e
+            s += e
+        for j in range(n):
+            out[i, j] = out[i, j] / s
+    else:
+        for j in range(n):
+            out[i, j] = _act(Z[i, j], code)
+
+
+@cuda.jit
+def output_forward(Z, code, out):
+    # out = output(Z) row-wise, one thread per row
+    i = cuda.grid(1)
+    if i < Z.shape[0]:
+        _row_output(Z, i, code, out)
+
+
+@cuda.jit
+def output_delta(Z, Y, code, loss, inv_m, A, D, row_stats):
+    # One thread per row i: A = output(Z); per-sample loss into row_stats[i, 0], 1 or 0 for a
+    # right answer into row_stats[i, 1]; D = dL/dZ / m:
+    #   softmax+CE   L = -sum y_j (z_j - max z) + log(s) sum y_j,       D = p - y
+    #   sigmoid+CE   L = sum softplus(z_j) - y_j z_j,                   D = a - y
+    #   mse          L = 1/2 sum (a_j - y_j)^2,  D = J^T (a - y): sigmoid (a-y) a (1-a),
+    #                softmax p * (g - <p, g>) with g = a - y, identity a - y
+    # right: softmax argmax a == argmax y (first maximum); sigmoid every (a > 1/2) == (y > 1/2)
+    i = cuda.grid(1)
+    if i >= Z.shape[0]:
+        return
+    n = Z.shape[1]
+    _row_output(Z, i, code, A)
+    total = float64(0.0)
+    if loss == 1 and code == 2:
+        mx = Z[i, 0]
+        for j in range(1, n):
+            mx = max(mx, Z[i, j])
+        s = float64(0.0)
+        ysum = float64(0.0)
+        for j in range(n):
+            s += math.exp(float64(Z[i, j] - mx))
+            ysum += Y[i, j]
+            total -= Y[i, j] * float64(Z[i, j] - mx)
+        total += math.log(s) * ysum
+    elif loss == 1:
+        for j in range(n):
+            z = float64(Z[i, j])
+            total += max(z, 0.0) + math.log1p(math.exp(-abs(z))) - Y[i, j] * z
+    dot = float64(0.0)
+    for j in range(n):
+        g = A[i, j] - Y[i, j]
+        if loss == 0:
+            total += 0.5 * float64(g) * float64(g)
+            dot += A[i, j] * g
+        D[i, j] = g
+    if loss == 0:
+        for j in range(n):
+            if code == 1:
+                D[i, j] = D[i, j] * A[i, j] * (1 - A[i, j])
+            elif code == 2:
+                D[i, j] = A[i, j] * (D[i, j] - dot)
+    for j in range(n):
+        D[i, j] = D[i, j] * inv_m
+    right = 0.0
+    if code == 2:
+        ba = 0
+        by = 0
+        for j in range(1, n):
+            if A[i, j] > A[i, ba]:
+                ba = j
+            if Y[i, j] > Y[i, by]:
+                by = j
+        right = 1.0 if ba == by else 0.0
+    elif code == 1:
+        right = 1.0
+        for j in range(n):
+            if (A[i, j] > 0.5) != (Y[i, j] > 0.5):
+                right = 0.0
+    row_stats[i, 0] = total
+    row_stats[i, 1] = right
+
+
+@cuda.jit
+def add_stats(row_stats, stats):
+    # stats[c] += sum_i row_stats[i, c] in one block, a fixed order of additions (deterministic):
+    # each thread sums a stride of rows, then a tree over the threads
+    part = cuda.shared.array((REDUCE_THREADS, 2), float64)
+    t = cuda.threadIdx.x
+    for c in range(2):
+        s = float64(0.0)
+        for i in range(t, row_stats.shape[0], REDUCE_THREADS):
+            s += row_stats[i, c]
+        part[t, c] = s
+    cuda.syncthreads()
+    width = REDUCE_THREADS // 2
+    while width > 0:
+        if t < width:
+            part[t, 0] += part[t + width, 0]
+            part[t, 1] += part[t + width, 1]
+        cuda.syncthreads()
+        width //= 2
+    if t == 0:
+        stats[0] += part[0, 0]
+        stats[1] += part[0, 1]
+
+
+@cuda.jit
+def optimizer_step(P, G, S1, S2, kind, lr, mu, nesterov, c1, c2, eps, wd, bc1, bc2):
+    # Elementwise on flat arrays, g = G + wd P (wd = 0 for biases), then (bpgpu/optimizers.py):
+    #   sgd      V = mu V + g; step = g + mu V (nesterov) | V (mu > 0) | g;  P -= lr step
+    #   rmsprop  S = c1 S + (1 - c1) g^2;  P -= lr g / (sqrt(S) + eps)
+    #   adam     M = c1 M + (1 - c1) g;  V = c2 V + (1 - c2) g^2;
+    #            P -= lr / bc1 * M / (sqrt(V) / sqrt(bc2) + eps),  bc = 1 - beta^t
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for k in range(start, P.shape[0], stride):
+        g = G[k] + wd * P[k]
+        if kind == 0:
+            step = g
+            if mu > 0:
+                v = mu * S1[k] + g
+                S1[k] = v
+                step = g + mu * v if nesterov else v
+            P[k] -= lr * step
+        elif kind == 1:
+            s = c1 * S1[k] + (1 - c1) * g * g
+            S1[k] = s
+            P[k] -= lr * g / (math.sqrt(s) + eps)
+        else:
+            m = c1 * S1[k] + (1 - c1) * g
+            v = c2 * S2[k] + (1 - c2) * g * g
+            S1[k] = m
+            S2[k] = v
+            P[k] -= lr / bc1 * m / (math.sqrt(v) / math.sqrt(bc2) + eps)
+
+
+@cuda.jit
+def gather_rows(src, index, out):
+    # out[i, j] = src[index[i], j]
+    i, j = cuda.grid(2)
+    if i < out.shape[0] and j < out.shape[1]:
+        out[i, j] = src[index[i], j]
