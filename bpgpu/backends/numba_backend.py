@@ -46,11 +46,14 @@ class NumbaBackend(Backend):
         if not self.simulated:
             try:
                 import cupy
-
-                if cupy.cuda.runtime.getDeviceCount() > 0:
-                    self._cupy = cupy
-            except Exception:  # no CuPy, or CuPy without a usable device: numba arrays
-                self._cupy = None
+            except ImportError:
+                cupy = None
+            if cupy is not None:
+                try:
+                    if cupy.cuda.runtime.getDeviceCount() > 0:
+                        self._cupy = cupy
+                except cupy.cuda.runtime.CUDARuntimeError:  # CuPy sees no device: numba arrays
+                    self._cupy = None
         self._row_stats: dict[int, Array] = {}
         self._dummy: dict[np.dtype, Array] = {}
 
