@@ -12,6 +12,7 @@ machine: it is cheap and checks the same kernels CI checks.
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import bpgpu
 from bpgpu.backends import get_backend
 from bpgpu.backends.base import Network, Workspace
 from bpgpu.backends.numpy_backend import NumpyBackend
@@ -34,7 +36,10 @@ sim_only = pytest.mark.skipif(
 DTYPES = (np.float32, np.float64)
 SIM_SHAPES = [(1, 3, 5), (17, 5, 3), (3, 17, 1)]  # (m, k, n)
 GPU_SIZES = (1, 3, 31, 33, 127, 129, 1000)
-GPU_SHAPES = [(m, k, n) for m, k, n in zip(GPU_SIZES, GPU_SIZES[3:] + GPU_SIZES[:3], GPU_SIZES[5:] + GPU_SIZES[:5])]
+GPU_SHAPES = [
+    (m, k, n)
+    for m, k, n in zip(GPU_SIZES, GPU_SIZES[3:] + GPU_SIZES[:3], GPU_SIZES[5:] + GPU_SIZES[:5])
+]
 OPTIMIZERS = [
     SGD(lr=0.1),
     SGD(lr=0.1, momentum=0.9, weight_decay=0.01),
@@ -47,7 +52,11 @@ REF = NumpyBackend()
 
 
 def _tol(dtype) -> dict[str, float]:
-    return {"rtol": 2e-4, "atol": 2e-5} if np.dtype(dtype) == np.float32 else {"rtol": 1e-10, "atol": 1e-12}
+    return (
+        {"rtol": 2e-4, "atol": 2e-5}
+        if np.dtype(dtype) == np.float32
+        else {"rtol": 1e-10, "atol": 1e-12}
+    )
 
 
 def _inputs(rng: np.random.Generator, shape: tuple[int, ...], dtype) -> np.ndarray:
@@ -99,7 +108,9 @@ def check_output_delta(nb, rng, m, n, dtype, output, loss) -> None:
     REF.output_delta(Z, Y, output, loss, rA, rD, rstats)
     np.testing.assert_allclose(nb.to_host(A), rA, **_tol(dtype))
     np.testing.assert_allclose(nb.to_host(D), rD, **_tol(dtype))
-    np.testing.assert_allclose(nb.to_host(stats), rstats, rtol=1e-5 if dtype == np.float32 else 1e-10)
+    np.testing.assert_allclose(
+        nb.to_host(stats), rstats, rtol=1e-5 if dtype == np.float32 else 1e-10
+    )
 
 
 def check_output_forward(nb, rng, m, n, dtype, output) -> None:
@@ -107,7 +118,9 @@ def check_output_forward(nb, rng, m, n, dtype, output) -> None:
     Z = Z.astype(dtype).astype(np.float64)
     out = _poisoned(nb, (m, n), dtype)
     nb.output_forward(nb.asarray(Z, dtype), output, out)
-    np.testing.assert_allclose(nb.to_host(out), REF.output_forward(Z, output, np.empty((m, n))), **_tol(dtype))
+    np.testing.assert_allclose(
+        nb.to_host(out), REF.output_forward(Z, output, np.empty((m, n))), **_tol(dtype)
+    )
 
 
 def check_weight_gradient(nb, rng, m, k, n, dtype) -> None:
@@ -149,12 +162,14 @@ def check_training(nb, rng, sizes, dtype, opt, output, loss, rows, steps) -> Non
     """A few train_step calls from the same start on both backends, weights compared."""
     samples = 2 * rows + 1
     X, Y = _inputs(rng, (samples, sizes[0]), dtype), _targets(rng, samples, sizes[-1], output)
-    W0 = [_inputs(rng, (a, c), dtype) * 0.5 for a, c in zip(sizes[:-1], sizes[1:])]
+    W0 = [_inputs(rng, (a, c), dtype) * 0.5 for a, c in itertools.pairwise(sizes)]
     b0 = [_inputs(rng, (c,), dtype) * 0.1 for c in sizes[1:]]
     acts = ["tanh", "relu", "sigmoid"][: len(sizes) - 2]
     runs = []
     for be, dt in ((nb, dtype), (REF, np.float64)):
-        net = Network([be.asarray(w, dt) for w in W0], [be.asarray(v, dt) for v in b0], acts, output, loss)
+        net = Network(
+            [be.asarray(w, dt) for w in W0], [be.asarray(v, dt) for v in b0], acts, output, loss
+        )
         ws: Workspace = be.workspace(sizes, rows, dt)
         states = [be.optimizer_state(opt, w, v) for w, v in zip(net.W, net.b)]
         stats = be.zeros((2,), np.float64)
@@ -162,7 +177,9 @@ def check_training(nb, rng, sizes, dtype, opt, output, loss, rows, steps) -> Non
         for s in range(steps):
             index = be.asarray(np.random.default_rng(s).permutation(samples)[:rows], np.int64)
             be.train_step(net, ws, Xd, Yd, index, states, stats)
-        runs.append(([be.to_host(w) for w in net.W] + [be.to_host(v) for v in net.b], be.to_host(stats)))
+        runs.append(
+            ([be.to_host(w) for w in net.W] + [be.to_host(v) for v in net.b], be.to_host(stats))
+        )
     tol = {"rtol": 1e-3, "atol": 1e-4} if dtype == np.float32 else {"rtol": 1e-9, "atol": 1e-11}
     for got, want in zip(runs[0][0], runs[1][0]):
         np.testing.assert_allclose(got, want, **tol)
@@ -179,7 +196,17 @@ def test_simulator_suite() -> None:
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", str(Path(__file__)), "-q", "-m", "not gpu", "-p", "no:cacheprovider"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(Path(__file__)),
+            "-q",
+            "-m",
+            "not gpu",
+            "-p",
+            "no:cacheprovider",
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -253,10 +280,34 @@ def test_gather_rows_sim(sim, rng, dtype) -> None:
 @sim_only
 @pytest.mark.parametrize(
     "dtype, opt, output, loss",
-    [(np.float32, Adam(lr=0.01), "softmax", "cross_entropy"), (np.float64, SGD(lr=0.1, momentum=0.9), "sigmoid", "mse")],
+    [
+        (np.float32, Adam(lr=0.01), "softmax", "cross_entropy"),
+        (np.float64, SGD(lr=0.1, momentum=0.9), "sigmoid", "mse"),
+    ],
 )
 def test_training_sim(sim, rng, dtype, opt, output, loss) -> None:
     check_training(sim, rng, [5, 3, 3], dtype, opt, output, loss, rows=5, steps=3)
+
+
+@sim_only
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_mlp_fit_sim(rng, dtype) -> None:
+    """bpgpu.MLP(..., backend="numba") fits, predicts and matches the numpy backend's weights."""
+    X, y = rng.standard_normal((20, 4)), rng.integers(0, 3, 20)
+    models = []
+    for backend in ("numba", "numpy"):
+        model = bpgpu.MLP([4, 5, 3], activation="tanh", backend=backend, dtype=dtype, seed=1)
+        history = model.fit(X, y, epochs=2, batch_size=7, optimizer="adam")
+        models.append((model, history))
+    (got, got_history), (want, want_history) = models
+    tol = {"rtol": 1e-3, "atol": 1e-5} if dtype == "float32" else {"rtol": 1e-9, "atol": 1e-12}
+    for (gW, gb), (wW, wb) in zip(got.get_weights(), want.get_weights()):
+        np.testing.assert_allclose(gW, wW, **tol)
+        np.testing.assert_allclose(gb, wb, **tol)
+    np.testing.assert_allclose(got.predict_proba(X), want.predict_proba(X), **tol)
+    assert got_history.history.keys() == want_history.history.keys()
+    for name, values in want_history.history.items():
+        np.testing.assert_allclose(got_history.history[name], values, rtol=1e-4)
 
 
 # ---- on a GPU ----------------------------------------------------------------------------------
@@ -291,4 +342,14 @@ def test_ops_gpu(gpu, rng, shape, dtype) -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_training_gpu(gpu, rng, dtype) -> None:
-    check_training(gpu, rng, [33, 129, 31, 10], dtype, Adam(lr=0.01), "softmax", "cross_entropy", rows=127, steps=5)
+    check_training(
+        gpu,
+        rng,
+        [33, 129, 31, 10],
+        dtype,
+        Adam(lr=0.01),
+        "softmax",
+        "cross_entropy",
+        rows=127,
+        steps=5,
+    )

@@ -63,7 +63,9 @@ class NumbaBackend(Backend):
         info = super().describe()
         info["numba"] = numba.__version__
         info["arrays"] = "cupy" if self._cupy is not None else "numba"
-        info["device"] = "CUDA simulator" if self.simulated else str(self._cuda.get_current_device().name)
+        info["device"] = (
+            "CUDA simulator" if self.simulated else str(self._cuda.get_current_device().name)
+        )
         return info
 
     def _launch(self, kernel, grid, block):
@@ -115,7 +117,9 @@ class NumbaBackend(Backend):
 
     # ---- fused ops ----------------------------------------------------------------------------
 
-    def _gemm(self, A, B, trans_a: bool, trans_b: bool, bias, aux, act: str, mode: int, out) -> None:
+    def _gemm(
+        self, A, B, trans_a: bool, trans_b: bool, bias, aux, act: str, mode: int, out
+    ) -> None:
         k = self._k
         M, N = out.shape
         grid = (_blocks(N, k.TILE), _blocks(M, k.TILE))
@@ -128,7 +132,9 @@ class NumbaBackend(Backend):
         self._gemm(X, W, False, False, b, out, activation, self._k.EPI_FORWARD, out)
         return out
 
-    def delta_backward(self, D: Array, W: Array, A_prev: Array, activation: str, out: Array) -> Array:
+    def delta_backward(
+        self, D: Array, W: Array, A_prev: Array, activation: str, out: Array
+    ) -> Array:
         self._gemm(D, W, False, True, W[0], A_prev, activation, self._k.EPI_DERIVATIVE, out)
         return out
 
@@ -155,7 +161,9 @@ class NumbaBackend(Backend):
         )
         self._launch(k.add_stats, 1, k.REDUCE_THREADS)(row_stats, stats)
 
-    def weight_update(self, A_prev: Array, D: Array, W: Array, b: Array, state: OptimizerState) -> None:
+    def weight_update(
+        self, A_prev: Array, D: Array, W: Array, b: Array, state: OptimizerState
+    ) -> None:
         scratch = state.scratch
         if not scratch:
             scratch.update(gW=self.empty(W.shape, W.dtype), gb=self.empty(b.shape, b.dtype))
@@ -188,5 +196,7 @@ class NumbaBackend(Backend):
 
     def gather_rows(self, src: Array, index: Array, out: Array) -> Array:
         m, n = out.shape
-        self._launch(self._k.gather_rows, (_blocks(m, 16), _blocks(n, 16)), (16, 16))(src, index, out)
+        self._launch(self._k.gather_rows, (_blocks(m, 16), _blocks(n, 16)), (16, 16))(
+            src, index, out
+        )
         return out
