@@ -272,6 +272,19 @@ def test_weight_update_sim(sim, rng, opt, dtype) -> None:
 
 
 @sim_only
+def test_memory_sim(sim, rng) -> None:
+    host = rng.standard_normal((3, 5))
+    a = sim.asarray(host, np.float32)
+    b = sim.empty((3, 5), np.float32)
+    sim.copy_into(b, a)
+    assert sim.is_array(b) and not sim.is_array(host)
+    np.testing.assert_array_equal(sim.to_host(b), host.astype(np.float32))
+    np.testing.assert_array_equal(sim.to_host(sim.zeros((2, 3), np.float64)), np.zeros((2, 3)))
+    assert sim.describe()["device"] == "CUDA simulator"
+    assert get_backend("auto").name != "numba"  # auto never picks the simulator
+
+
+@sim_only
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gather_rows_sim(sim, rng, dtype) -> None:
     check_gather_rows(sim, rng, 5, 3, dtype)

@@ -107,6 +107,8 @@ class NumbaBackend(Backend):
     def is_array(self, obj: object) -> bool:
         if self._cupy is not None:
             return isinstance(obj, self._cupy.ndarray)
+        if self.simulated:  # the simulator's arrays have no __cuda_array_interface__
+            return isinstance(obj, type(self._cuda.device_array(1)))
         return self._cuda.is_cuda_array(obj)
 
     def synchronize(self) -> None:
