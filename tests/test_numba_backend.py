@@ -285,6 +285,24 @@ def test_memory_sim(sim, rng) -> None:
 
 
 @sim_only
+def test_argument_checks_sim(sim) -> None:
+    X, W, b = (sim.zeros(s, np.float32) for s in ((3, 5), (5, 2), (2,)))
+    with pytest.raises(ValueError, match="out must have shape"):
+        sim.dense_forward(X, W, b, "relu", sim.zeros((3, 3), np.float32))
+    with pytest.raises(TypeError, match="W must have dtype float32"):
+        sim.dense_forward(
+            X, sim.zeros((5, 2), np.float64), b, "relu", sim.zeros((3, 2), np.float32)
+        )
+    with pytest.raises(TypeError, match="must be an array of the numba backend"):
+        sim.dense_forward(np.zeros((3, 5), np.float32), W, b, "relu", sim.zeros((3, 2), np.float32))
+    with pytest.raises(ValueError, match="activation must be one of"):
+        sim.dense_forward(X, W, b, "swish", sim.zeros((3, 2), np.float32))
+    with pytest.raises(ValueError, match="cannot be trained with"):
+        Z = sim.zeros((3, 2), np.float32)
+        sim.output_delta(Z, Z, "identity", "cross_entropy", Z, Z, sim.zeros((2,), np.float64))
+
+
+@sim_only
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gather_rows_sim(sim, rng, dtype) -> None:
     check_gather_rows(sim, rng, 5, 3, dtype)
