@@ -7,6 +7,7 @@ before anything changes, so a call that raises leaves the model as it was.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import sys
@@ -18,7 +19,14 @@ import numpy as np
 from bpgpu import serialization
 from bpgpu.backends import get_backend
 from bpgpu.backends.base import Array, Backend, Network, OptimizerState, Workspace
-from bpgpu.functions import ACTIVATIONS, LOSS_ALIASES, LOSSES, OUTPUTS, check_combination, check_name
+from bpgpu.functions import (
+    ACTIVATIONS,
+    LOSS_ALIASES,
+    LOSSES,
+    OUTPUTS,
+    check_combination,
+    check_name,
+)
 from bpgpu.history import History
 from bpgpu.optimizers import Optimizer, make_optimizer
 from bpgpu.validation import as_matrix, as_targets, check_dtype, check_int, check_layers
@@ -33,13 +41,15 @@ class TrainingDivergedError(FloatingPointError):
     """The loss became NaN or infinite; the model kept its last finite weights."""
 
 
-def initial_weights(layers: Sequence[int], activations: Sequence[str], seed: int | None) -> list[tuple[np.ndarray, np.ndarray]]:
+def initial_weights(
+    layers: Sequence[int], activations: Sequence[str], seed: int | None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Float64 weights drawn on the host, the same for every backend: He normal for a ReLU
     layer (std sqrt(2 / fan_in)), Glorot uniform otherwise (limit sqrt(6 / (fan_in + fan_out)));
     zero biases."""
     rng = np.random.default_rng(seed)
     weights = []
-    for l, (fan_in, fan_out) in enumerate(zip(layers[:-1], layers[1:])):
+    for l, (fan_in, fan_out) in enumerate(itertools.pairwise(layers)):
         act = activations[l] if l < len(activations) else "output"
         if act == "relu":
             W = rng.normal(0.0, math.sqrt(2.0 / fan_in), size=(fan_in, fan_out))
@@ -87,7 +97,9 @@ class MLP:
                     f"activation lists one name per hidden layer: {n_hidden} for layers "
                     f"{list(self.layers)}; got {len(acts)}"
                 )
-        self.activations = [check_name(a, ACTIVATIONS, f"activation[{i}]") for i, a in enumerate(acts)]
+        self.activations = [
+            check_name(a, ACTIVATIONS, f"activation[{i}]") for i, a in enumerate(acts)
+        ]
         self.output = check_name(output, OUTPUTS, "output")
         if loss is None:
             loss = "mse" if output == "identity" else "cross_entropy"
@@ -95,7 +107,9 @@ class MLP:
         self.loss_name = check_name(loss, LOSSES, "loss")
         check_combination(self.output, self.loss_name)
         if output == "softmax" and self.layers[-1] < 2:
-            raise ValueError("a softmax output needs at least 2 units; use output='sigmoid' for one")
+            raise ValueError(
+                "a softmax output needs at least 2 units; use output='sigmoid' for one"
+            )
         self.dtype = check_dtype(dtype)
         if seed is not None:
             check_int(seed, "seed", 0)
@@ -274,7 +288,10 @@ class MLP:
         xp = self.backend
         index = xp.asarray(np.arange(n, dtype=np.int64), np.dtype(np.int64))
         total = [(np.zeros((a, b)), np.zeros(b)) for a, b in zip(self.layers[:-1], self.layers[1:])]
-        grads = [(xp.empty(W.shape, self.dtype), xp.empty(b.shape, self.dtype)) for W, b in zip(self._net.W, self._net.b)]
+        grads = [
+            (xp.empty(W.shape, self.dtype), xp.empty(b.shape, self.dtype))
+            for W, b in zip(self._net.W, self._net.b)
+        ]
         stats = self._stats()
         for start, stop in self._batches(n, EVAL_BATCH):
             ws = self._workspace(stop - start)
@@ -320,14 +337,17 @@ class MLP:
         epochs = check_int(epochs, "epochs", 1)
         batch_size = check_int(batch_size, "batch_size", 1)
         opt = make_optimizer(optimizer, lr)
-        if not isinstance(shuffle, bool):
-            raise TypeError(f"shuffle must be a bool; got {shuffle!r}")
+        for flag, value in (("shuffle", shuffle), ("verbose", verbose)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{flag} must be a bool; got {value!r}")
         if seed is not None:
             check_int(seed, "seed", 0)
         if patience is not None:
             check_int(patience, "patience", 1)
         if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)):
-            raise TypeError(f"validation_split must be a number in [0, 1); got {validation_split!r}")
+            raise TypeError(
+                f"validation_split must be a number in [0, 1); got {validation_split!r}"
+            )
         if not 0.0 <= validation_split < 1.0:
             raise ValueError(f"validation_split must be in [0, 1); got {validation_split}")
         if validation_split and validation_data is not None:
@@ -341,7 +361,7 @@ class MLP:
             Xv = self._inputs(validation_data[0], "validation_data X")
             val = (Xv, self._targets(validation_data[1], Xv.shape[0], "validation_data y"))
         elif validation_split:
-            n_val = int(round(Xh.shape[0] * validation_split))
+            n_val = round(Xh.shape[0] * validation_split)
             if n_val < 1 or n_val >= Xh.shape[0]:
                 raise ValueError(
                     f"validation_split={validation_split} of {Xh.shape[0]} samples leaves "
@@ -353,8 +373,14 @@ class MLP:
         xp = self.backend
         n = Xh.shape[0]
         Xd, Yd = xp.asarray(Xh, self.dtype), xp.asarray(Yh, self.dtype)
-        Vd = None if val is None else (xp.asarray(val[0], self.dtype), xp.asarray(val[1], self.dtype), val[0].shape[0])
-        states: list[OptimizerState] = [xp.optimizer_state(opt, W, b) for W, b in zip(self._net.W, self._net.b)]
+        Vd = (
+            None
+            if val is None
+            else (xp.asarray(val[0], self.dtype), xp.asarray(val[1], self.dtype), val[0].shape[0])
+        )
+        states: list[OptimizerState] = [
+            xp.optimizer_state(opt, W, b) for W, b in zip(self._net.W, self._net.b)
+        ]
         rng = np.random.default_rng(self.seed if seed is None else seed)
         before = self._snapshot()
         last_finite = self._snapshot()
@@ -366,42 +392,44 @@ class MLP:
         started = time.perf_counter()
         bar = _progress(epochs, verbose)
         try:
-            for epoch in range(1, epochs + 1):
-                if shuffle:
-                    rng.shuffle(order)
-                index = xp.asarray(order, np.dtype(np.int64))
-                xp.copy_into(stats, xp.zeros((2,), np.dtype(np.float64)))
-                for start, stop in self._batches(n, batch_size):
-                    ws = self._workspace(stop - start)
-                    xp.train_step(self._net, ws, Xd, Yd, index[start:stop], states, stats)
-                total, correct = xp.to_host(stats)
-                figures = {"loss": float(total) / n}
-                if not math.isfinite(figures["loss"]):
-                    self._restore(last_finite)
-                    raise TrainingDivergedError(
-                        f"training diverged at epoch {epoch}: the loss became {figures['loss']}; "
-                        f"the model keeps the weights of epoch {epoch - 1} (try a smaller learning rate)"
-                    )
-                if self.is_classifier:
-                    figures["accuracy"] = float(correct) / n
-                if Vd is not None:
-                    val_loss, val_acc = self._evaluate(*Vd)
-                    figures["val_loss"] = val_loss
+            # A loss overflowing on its way to divergence raises TrainingDivergedError, not warnings.
+            with np.errstate(over="ignore", invalid="ignore"):
+                for epoch in range(1, epochs + 1):
+                    if shuffle:
+                        rng.shuffle(order)
+                    index = xp.asarray(order, np.dtype(np.int64))
+                    xp.copy_into(stats, xp.zeros((2,), np.dtype(np.float64)))
+                    for start, stop in self._batches(n, batch_size):
+                        ws = self._workspace(stop - start)
+                        xp.train_step(self._net, ws, Xd, Yd, index[start:stop], states, stats)
+                    total, correct = xp.to_host(stats)
+                    figures = {"loss": float(total) / n}
+                    if not math.isfinite(figures["loss"]):
+                        self._restore(last_finite)
+                        raise TrainingDivergedError(
+                            f"training diverged at epoch {epoch}: the loss became {figures['loss']}; "
+                            f"the model keeps the weights of epoch {epoch - 1} (try a smaller learning rate)"
+                        )
                     if self.is_classifier:
-                        figures["val_accuracy"] = val_acc
-                history.record(epoch, figures)
-                self._snapshot_into(last_finite)
-                if bar is not None:
-                    bar.set_postfix({k: f"{v:.4f}" for k, v in figures.items()})
-                    bar.update(1)
-                if patience is not None:
-                    monitored = figures.get("val_loss", figures["loss"])
-                    if monitored < best_loss:
-                        best_loss, best_epoch = monitored, epoch
-                        self._snapshot_into(best_weights)
-                    elif epoch - best_epoch >= patience:
-                        history.stopped_epoch = epoch
-                        break
+                        figures["accuracy"] = float(correct) / n
+                    if Vd is not None:
+                        val_loss, val_acc = self._evaluate(*Vd)
+                        figures["val_loss"] = val_loss
+                        if self.is_classifier:
+                            figures["val_accuracy"] = val_acc
+                    history.record(epoch, figures)
+                    self._snapshot_into(last_finite)
+                    if bar is not None:
+                        bar.set_postfix({k: f"{v:.4f}" for k, v in figures.items()})
+                        bar.update(1)
+                    if patience is not None:
+                        monitored = figures.get("val_loss", figures["loss"])
+                        if monitored < best_loss:
+                            best_loss, best_epoch = monitored, epoch
+                            self._snapshot_into(best_weights)
+                        elif epoch - best_epoch >= patience:
+                            history.stopped_epoch = epoch
+                            break
         except Exception as exc:
             if not isinstance(exc, TrainingDivergedError):
                 self._restore(before)  # a failed fit leaves the model as it was
@@ -435,6 +463,8 @@ def _progress(epochs: int, verbose: bool):
     try:
         from tqdm.auto import tqdm
     except ImportError:
-        print("bpgpu: install tqdm (pip install bpgpu[progress]) for a progress bar", file=sys.stderr)
+        print(
+            "bpgpu: install tqdm (pip install bpgpu[progress]) for a progress bar", file=sys.stderr
+        )
         return None
     return tqdm(total=epochs, unit="epoch", desc="fit", file=sys.stderr)

@@ -16,8 +16,15 @@ from __future__ import annotations
 import numpy as np
 
 from bpgpu.backends import REGISTRY, get_backend
-from bpgpu.backends.base import Array, Backend, OptimizerState
-from bpgpu.functions import ACTIVATIONS, LOSS_ALIASES, LOSSES, OUTPUTS, check_combination, check_name
+from bpgpu.backends.base import Array, Backend, BackendUnavailableError, OptimizerState
+from bpgpu.functions import (
+    ACTIVATIONS,
+    LOSS_ALIASES,
+    LOSSES,
+    OUTPUTS,
+    check_combination,
+    check_name,
+)
 from bpgpu.optimizers import Optimizer
 from bpgpu.validation import DTYPES
 
@@ -43,18 +50,22 @@ def _backend_for(arrays: dict[str, object], backend: str | Backend | None) -> Ba
             continue
         try:
             candidate = get_backend(name)
-        except Exception:
+        except BackendUnavailableError:
             continue
         if candidate.is_array(first):
             return candidate
     raise TypeError(f"no available backend accepts arrays of type {type(first).__name__}")
 
 
-def _prepare(xp: Backend, arrays: dict[str, object], in_place: tuple[str, ...] = ()) -> dict[str, Array]:
+def _prepare(
+    xp: Backend, arrays: dict[str, object], in_place: tuple[str, ...] = ()
+) -> dict[str, Array]:
     """Each array on xp, all of one float dtype; in-place arguments must already be xp's."""
     dtypes = {np.dtype(getattr(a, "dtype", None) or np.asarray(a).dtype) for a in arrays.values()}
     if len(dtypes) != 1 or next(iter(dtypes)).name not in DTYPES:
-        found = {k: str(np.dtype(getattr(a, "dtype", np.asarray(a).dtype))) for k, a in arrays.items()}
+        found = {
+            k: str(np.dtype(getattr(a, "dtype", np.asarray(a).dtype))) for k, a in arrays.items()
+        }
         raise TypeError(f"arrays must all be float32 or all float64; got {found}")
     dtype = dtypes.pop()
     out = {}
@@ -88,20 +99,29 @@ def _shape(a: Array, name: str, ndim: int) -> tuple[int, ...]:
     return tuple(a.shape)
 
 
-def _out(xp: Backend, out: Array | None, shape: tuple[int, ...], dtype: np.dtype, name: str = "out") -> Array:
+def _out(
+    xp: Backend, out: Array | None, shape: tuple[int, ...], dtype: np.dtype, name: str = "out"
+) -> Array:
     if out is None:
         return xp.empty(shape, dtype)
     if not xp.is_array(out):
         raise TypeError(f"{name} must be a {xp.name} backend array")
     if tuple(out.shape) != shape or np.dtype(out.dtype) != dtype:
-        raise ValueError(f"{name} must have shape {shape} and dtype {dtype}; got {tuple(out.shape)} {out.dtype}")
+        raise ValueError(
+            f"{name} must have shape {shape} and dtype {dtype}; got {tuple(out.shape)} {out.dtype}"
+        )
     if not _contiguous(out):
         raise ValueError(f"{name} must be C-contiguous")
     return out
 
 
 def dense_forward(
-    X: Array, W: Array, b: Array, activation: str = "identity", *, out: Array | None = None,
+    X: Array,
+    W: Array,
+    b: Array,
+    activation: str = "identity",
+    *,
+    out: Array | None = None,
     backend: str | Backend | None = None,
 ) -> Array:
     """activation(X @ W + b): X (m, k), W (k, n), b (n,) -> (m, n)."""
@@ -119,7 +139,11 @@ def dense_forward(
 
 
 def output_forward(
-    Z: Array, output: str = "softmax", *, out: Array | None = None, backend: str | Backend | None = None
+    Z: Array,
+    output: str = "softmax",
+    *,
+    out: Array | None = None,
+    backend: str | Backend | None = None,
 ) -> Array:
     """output(Z) row-wise: Z (m, n) -> (m, n)."""
     check_name(output, OUTPUTS, "output")
@@ -130,13 +154,21 @@ def output_forward(
 
 
 def output_delta(
-    Z: Array, Y: Array, output: str = "softmax", loss: str = "cross_entropy", *,
-    out_A: Array | None = None, out_D: Array | None = None, backend: str | Backend | None = None,
+    Z: Array,
+    Y: Array,
+    output: str = "softmax",
+    loss: str = "cross_entropy",
+    *,
+    out_A: Array | None = None,
+    out_D: Array | None = None,
+    backend: str | Backend | None = None,
 ) -> tuple[Array, Array, float, int]:
     """(A, D, mean loss, number correct) for logits Z (m, n) and targets Y (m, n):
     A = output(Z), D = d(mean loss)/dZ."""
     check_name(output, OUTPUTS, "output")
-    loss = check_name(LOSS_ALIASES.get(loss, loss) if isinstance(loss, str) else loss, LOSSES, "loss")
+    loss = check_name(
+        LOSS_ALIASES.get(loss, loss) if isinstance(loss, str) else loss, LOSSES, "loss"
+    )
     check_combination(output, loss)
     xp = _backend_for({"Z": Z}, backend)
     a = _prepare(xp, {"Z": Z, "Y": Y})
@@ -152,7 +184,12 @@ def output_delta(
 
 
 def delta_backward(
-    D: Array, W: Array, A_prev: Array, activation: str, *, out: Array | None = None,
+    D: Array,
+    W: Array,
+    A_prev: Array,
+    activation: str,
+    *,
+    out: Array | None = None,
     backend: str | Backend | None = None,
 ) -> Array:
     """(D @ W.T) * activation'(A_prev): D (m, n), W (k, n), A_prev (m, k) -> (m, k)."""
@@ -178,7 +215,11 @@ def _check_update_shapes(a: dict[str, Array]) -> tuple[int, int]:
 
 
 def weight_gradient(
-    A_prev: Array, D: Array, *, out_W: Array | None = None, out_b: Array | None = None,
+    A_prev: Array,
+    D: Array,
+    *,
+    out_W: Array | None = None,
+    out_b: Array | None = None,
     backend: str | Backend | None = None,
 ) -> tuple[Array, Array]:
     """(A_prev.T @ D, column sums of D): A_prev (m, k), D (m, n) -> (k, n), (n,)."""
@@ -191,17 +232,26 @@ def weight_gradient(
     return dW, db
 
 
-def optimizer_state(optimizer: Optimizer, W: Array, b: Array, *, backend: str | Backend | None = None) -> OptimizerState:
+def optimizer_state(
+    optimizer: Optimizer, W: Array, b: Array, *, backend: str | Backend | None = None
+) -> OptimizerState:
     """Fresh optimizer state for one layer's W (k, n) and b (n,)."""
     if not isinstance(optimizer, Optimizer):
-        raise TypeError(f"optimizer must be an Optimizer such as bpgpu.Adam(); got {type(optimizer).__name__}")
+        raise TypeError(
+            f"optimizer must be an Optimizer such as bpgpu.Adam(); got {type(optimizer).__name__}"
+        )
     xp = _backend_for({"W": W}, backend)
     a = _prepare(xp, {"W": W, "b": b}, in_place=("W", "b"))
     return xp.optimizer_state(optimizer, a["W"], a["b"])
 
 
 def weight_update(
-    A_prev: Array, D: Array, W: Array, b: Array, state: OptimizerState, *,
+    A_prev: Array,
+    D: Array,
+    W: Array,
+    b: Array,
+    state: OptimizerState,
+    *,
     backend: str | Backend | None = None,
 ) -> None:
     """One optimizer step on W (k, n) and b (n,) in place from A_prev (m, k) and D (m, n)."""
@@ -211,7 +261,9 @@ def weight_update(
     a = _prepare(xp, {"A_prev": A_prev, "D": D, "W": W, "b": b}, in_place=("W", "b"))
     k, n = _check_update_shapes(a)
     if tuple(a["W"].shape) != (k, n) or tuple(a["b"].shape) != (n,):
-        raise ValueError(f"W and b must have shapes {(k, n)} and {(n,)}; got {tuple(a['W'].shape)} and {tuple(a['b'].shape)}")
+        raise ValueError(
+            f"W and b must have shapes {(k, n)} and {(n,)}; got {tuple(a['W'].shape)} and {tuple(a['b'].shape)}"
+        )
     slots = next(iter(state.W.values()), None)
     if slots is not None and tuple(slots.shape) != (k, n):
         raise ValueError(f"state was made for W of shape {tuple(slots.shape)}, not {(k, n)}")

@@ -18,7 +18,9 @@ from dataclasses import dataclass, fields
 from typing import ClassVar
 
 
-def _check(name: str, value: float, low: float, high: float = math.inf, *, open_low: bool = False) -> float:
+def _check(
+    name: str, value: float, low: float, high: float = math.inf, *, open_low: bool = False
+) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number; got {value!r}")
     value = float(value)
@@ -118,7 +120,9 @@ def make_optimizer(optimizer: Optimizer | str | None, lr: float | None = None) -
     if isinstance(optimizer, str):
         key = optimizer.lower()
         if key not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)} or an Optimizer; got {optimizer!r}")
+            raise ValueError(
+                f"optimizer must be one of {sorted(OPTIMIZERS)} or an Optimizer; got {optimizer!r}"
+            )
         cls = OPTIMIZERS[key]
         return cls() if lr is None else cls(lr=lr)
     raise TypeError(f"optimizer must be an Optimizer or a name; got {type(optimizer).__name__}")

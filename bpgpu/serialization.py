@@ -46,10 +46,16 @@ def load(path: str | os.PathLike, backend: str | None = "auto") -> MLP:
         raise
     except ValueError as exc:
         if "pickle" in str(exc):
-            raise ValueError(f"model file {os.fspath(path)!r} holds pickled objects; bpgpu never loads those") from None
-        raise ValueError(f"model file {os.fspath(path)!r} is not a readable .npz file: {exc}") from None
+            raise ValueError(
+                f"model file {os.fspath(path)!r} holds pickled objects; bpgpu never loads those"
+            ) from None
+        raise ValueError(
+            f"model file {os.fspath(path)!r} is not a readable .npz file: {exc}"
+        ) from None
     except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise ValueError(f"model file {os.fspath(path)!r} is truncated or corrupted: {exc}") from None
+        raise ValueError(
+            f"model file {os.fspath(path)!r} is truncated or corrupted: {exc}"
+        ) from None
 
     def field(key: str) -> np.ndarray:
         if key not in fields:
@@ -58,7 +64,9 @@ def load(path: str | os.PathLike, backend: str | None = "auto") -> MLP:
 
     version = int(field("format_version"))
     if version != FORMAT_VERSION:
-        raise ValueError(f"model file {os.fspath(path)!r} has format version {version}; this bpgpu reads {FORMAT_VERSION}")
+        raise ValueError(
+            f"model file {os.fspath(path)!r} has format version {version}; this bpgpu reads {FORMAT_VERSION}"
+        )
     layers = [int(n) for n in field("layers")]
     activations = [str(a) for a in field("activations")]
     model = MLP(

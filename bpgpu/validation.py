@@ -11,7 +11,7 @@ DTYPES: dict[str, np.dtype] = {"float32": np.dtype(np.float32), "float64": np.dt
 
 def check_dtype(dtype: object) -> np.dtype:
     try:
-        key = np.dtype(dtype).name  # type: ignore[call-overload]
+        key = None if dtype is None else np.dtype(dtype).name  # type: ignore[call-overload]
     except TypeError:
         key = None
     if key not in DTYPES:
@@ -29,27 +29,44 @@ def check_int(value: object, name: str, minimum: int = 1) -> int:
 
 def check_layers(layers: object) -> tuple[int, ...]:
     if isinstance(layers, (str, bytes)) or not hasattr(layers, "__len__"):
-        raise TypeError(f"layers must be a list of layer sizes such as [784, 512, 10]; got {layers!r}")
+        raise TypeError(
+            f"layers must be a list of layer sizes such as [784, 512, 10]; got {layers!r}"
+        )
     sizes = tuple(layers)  # type: ignore[arg-type]
     if len(sizes) < 2:
-        raise ValueError(f"layers must hold at least two sizes (inputs and outputs); got {list(sizes)}")
+        raise ValueError(
+            f"layers must hold at least two sizes (inputs and outputs); got {list(sizes)}"
+        )
     for i, n in enumerate(sizes):
         check_int(n, f"layers[{i}]", 1)
     return tuple(int(n) for n in sizes)
 
 
+def _real_array(value: object, name: str) -> np.ndarray:
+    """``value`` as a NumPy array of real numbers (bool, integer or float), else TypeError."""
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{name} must be an array of numbers; got {type(value).__name__}") from exc
+    real = (
+        arr.dtype == bool
+        or np.issubdtype(arr.dtype, np.integer)
+        or np.issubdtype(arr.dtype, np.floating)
+    )
+    if not real:
+        raise TypeError(f"{name} must hold real numbers; got dtype {arr.dtype}")
+    return arr
+
+
 def as_matrix(X: object, name: str, n_features: int, dtype: np.dtype) -> np.ndarray:
     """X as a C-contiguous (n, n_features) array of ``dtype``, finite and not empty."""
-    try:
-        arr = np.asarray(X)
-    except Exception as exc:  # ragged lists and the like
-        raise TypeError(f"{name} must be an array of numbers; got {type(X).__name__}") from exc
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise TypeError(f"{name} must hold numbers; got dtype {arr.dtype}")
+    arr = _real_array(X, name)
     if arr.ndim == 1 and n_features == 1:
         arr = arr.reshape(-1, 1)
     if arr.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (samples, {n_features} features); got shape {arr.shape}")
+        raise ValueError(
+            f"{name} must be 2-D (samples, {n_features} features); got shape {arr.shape}"
+        )
     if arr.shape[0] == 0:
         raise ValueError(f"{name} is empty: it needs at least one sample")
     if arr.shape[1] != n_features:
@@ -62,18 +79,15 @@ def as_matrix(X: object, name: str, n_features: int, dtype: np.dtype) -> np.ndar
     return arr
 
 
-def as_targets(y: object, name: str, n_samples: int, n_outputs: int, output: str, dtype: np.dtype) -> np.ndarray:
+def as_targets(
+    y: object, name: str, n_samples: int, n_outputs: int, output: str, dtype: np.dtype
+) -> np.ndarray:
     """The target matrix (n_samples, n_outputs) for y given as labels or as a 2-D array.
 
     Class labels (integers in [0, n_outputs)) are one-hot encoded for softmax and multi-output
     sigmoid; a 1-D y is a column for a single output.
     """
-    try:
-        arr = np.asarray(y)
-    except Exception as exc:
-        raise TypeError(f"{name} must be an array of numbers; got {type(y).__name__}") from exc
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise TypeError(f"{name} must hold numbers; got dtype {arr.dtype}")
+    arr = _real_array(y, name)
     if arr.ndim not in (1, 2):
         raise ValueError(f"{name} must be 1-D labels or 2-D targets; got shape {arr.shape}")
     if arr.shape[0] != n_samples:
@@ -82,18 +96,24 @@ def as_targets(y: object, name: str, n_samples: int, n_outputs: int, output: str
         raise ValueError(f"{name} holds NaN or infinite values")
     if arr.ndim == 2:
         if arr.shape[1] != n_outputs:
-            raise ValueError(f"{name} has {arr.shape[1]} columns but the network has {n_outputs} outputs")
+            raise ValueError(
+                f"{name} has {arr.shape[1]} columns but the network has {n_outputs} outputs"
+            )
         if output != "identity" and (arr.min() < 0 or arr.max() > 1):
             raise ValueError(f"{name} targets for a {output} output must lie in [0, 1]")
         return np.ascontiguousarray(arr, dtype=dtype)
     if n_outputs == 1:
         if output == "softmax":
-            raise ValueError("a softmax output needs at least 2 units; use output='sigmoid' for one")
+            raise ValueError(
+                "a softmax output needs at least 2 units; use output='sigmoid' for one"
+            )
         if output == "sigmoid" and (arr.min() < 0 or arr.max() > 1):
             raise ValueError(f"{name} for a single sigmoid output must lie in [0, 1]")
         return np.ascontiguousarray(arr.reshape(-1, 1), dtype=dtype)
     if output == "identity":
-        raise ValueError(f"{name} must be 2-D (samples, {n_outputs}) for {n_outputs} identity outputs")
+        raise ValueError(
+            f"{name} must be 2-D (samples, {n_outputs}) for {n_outputs} identity outputs"
+        )
     labels = check_labels(arr, name, n_outputs)
     Y = np.zeros((n_samples, n_outputs), dtype=dtype)
     Y[np.arange(n_samples), labels] = 1
@@ -102,9 +122,8 @@ def as_targets(y: object, name: str, n_samples: int, n_outputs: int, output: str
 
 def check_labels(arr: np.ndarray, name: str, n_classes: int) -> np.ndarray:
     """Integer class labels in [0, n_classes) as int64."""
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.all(arr == np.round(arr)):
-            raise ValueError(f"{name} must hold integer class labels; got fractional values")
+    if np.issubdtype(arr.dtype, np.floating) and not np.all(arr == np.round(arr)):
+        raise ValueError(f"{name} must hold integer class labels; got fractional values")
     labels = arr.astype(np.int64)
     if labels.min() < 0 or labels.max() >= n_classes:
         bad = labels[(labels < 0) | (labels >= n_classes)][0]

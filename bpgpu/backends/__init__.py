@@ -90,9 +90,9 @@ def unavailable_reasons() -> dict[str, str]:
 
 
 __all__ = [
+    "REGISTRY",
     "Backend",
     "BackendUnavailableError",
-    "REGISTRY",
     "available_backends",
     "get_backend",
     "unavailable_reasons",

@@ -153,11 +153,15 @@ class Backend(ABC):
         """out_A = output(Z); out_D = d(mean loss)/dZ; stats += (sum loss, count correct)."""
 
     @abstractmethod
-    def delta_backward(self, D: Array, W: Array, A_prev: Array, activation: str, out: Array) -> Array:
+    def delta_backward(
+        self, D: Array, W: Array, A_prev: Array, activation: str, out: Array
+    ) -> Array:
         """out = (D @ W^T) * activation'(A_prev)."""
 
     @abstractmethod
-    def weight_update(self, A_prev: Array, D: Array, W: Array, b: Array, state: OptimizerState) -> None:
+    def weight_update(
+        self, A_prev: Array, D: Array, W: Array, b: Array, state: OptimizerState
+    ) -> None:
         """One optimizer step on W and b in place, from dW = A_prev^T D and db = sum_rows D."""
 
     @abstractmethod
@@ -199,7 +203,13 @@ class Backend(ABC):
             A = self.dense_forward(A, net.W[l], net.b[l], act, ws.A[l])
         return self.dense_forward(A, net.W[-1], net.b[-1], "identity", ws.Z)
 
-    def backward(self, net: Network, ws: Workspace, states: list[OptimizerState] | None, grads: list | None = None) -> None:
+    def backward(
+        self,
+        net: Network,
+        ws: Workspace,
+        states: list[OptimizerState] | None,
+        grads: list | None = None,
+    ) -> None:
         """From ``ws.D[-1]`` back to layer 1: each delta from the old W, then W's update.
 
         With ``states`` the optimizer updates W in place; with ``grads`` (a list of (dW, db)

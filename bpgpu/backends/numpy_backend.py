@@ -38,7 +38,9 @@ def _activate(z: np.ndarray, activation: str) -> None:
     elif activation == "tanh":
         np.tanh(z, out=z)
     elif activation != "identity":
-        raise ValueError(f"activation must be one of sigmoid, relu, tanh, identity; got {activation!r}")
+        raise ValueError(
+            f"activation must be one of sigmoid, relu, tanh, identity; got {activation!r}"
+        )
 
 
 def _times_derivative(d: np.ndarray, a: np.ndarray, activation: str) -> None:
@@ -51,7 +53,9 @@ def _times_derivative(d: np.ndarray, a: np.ndarray, activation: str) -> None:
     elif activation == "tanh":  # 1 - a^2
         d *= 1 - a * a
     elif activation != "identity":
-        raise ValueError(f"activation must be one of sigmoid, relu, tanh, identity; got {activation!r}")
+        raise ValueError(
+            f"activation must be one of sigmoid, relu, tanh, identity; got {activation!r}"
+        )
 
 
 def _row_max(M: np.ndarray) -> np.ndarray:
@@ -179,7 +183,9 @@ class NumpyBackend(Backend):
         stats[0] += total
         stats[1] += _count_correct(A, Y, output)
 
-    def delta_backward(self, D: Array, W: Array, A_prev: Array, activation: str, out: Array) -> Array:
+    def delta_backward(
+        self, D: Array, W: Array, A_prev: Array, activation: str, out: Array
+    ) -> Array:
         # D_prev = (D W^T) * f'(A_prev), a block of rows at a time
         for rows in _block(out.shape[0], max(D.shape[1], out.shape[1])):
             d = out[rows]
@@ -200,7 +206,9 @@ class NumpyBackend(Backend):
             ones = self._ones_cache[key] = np.ones(n, dtype=dtype)
         return ones
 
-    def weight_update(self, A_prev: Array, D: Array, W: Array, b: Array, state: OptimizerState) -> None:
+    def weight_update(
+        self, A_prev: Array, D: Array, W: Array, b: Array, state: OptimizerState
+    ) -> None:
         scratch = state.scratch
         if not scratch:
             scratch.update(
@@ -221,7 +229,9 @@ class NumpyBackend(Backend):
         return np.take(src, index, axis=0, out=out)
 
 
-def _apply(opt: Optimizer, P: np.ndarray, G: np.ndarray, slots: dict, tmp: np.ndarray, t: int) -> None:
+def _apply(
+    opt: Optimizer, P: np.ndarray, G: np.ndarray, slots: dict, tmp: np.ndarray, t: int
+) -> None:
     """P <- P - step(G), updating the slot arrays; G and tmp are scratch and are overwritten."""
     kind = opt.kind
     if kind == "sgd":
