@@ -4,7 +4,7 @@
 //   out = (D @ W^T) * f'(A_prev)    D: (m, n)  W: (k, n)  A_prev: (m, k)  out: (m, k), row-major
 //
 // W^T is read in place (op(B)[j, c] = W[c * n + j]); no transpose is materialised.
-// Launch: grid (ceil(k / TILE_N), ceil(m / TILE_M)), block GEMM_THREADS. Any m, k, n >= 1.
+// Launch: grid (ceil(m / TILE_M), ceil(k / TILE_N)), block GEMM_THREADS. Any m, k, n >= 1.
 // Entry points: delta_backward_<activation>_<f32|f64>(D, W, A_prev, out, m, k, n), the activation
 // being that of the layer which produced A_prev.
 #include "activations.cuh"
@@ -13,7 +13,7 @@
 template <class T, int A>
 __device__ void delta_backward(const T* __restrict__ D, const T* __restrict__ W, const T* __restrict__ A_prev,
                                T* __restrict__ out, int m, int k, int n) {
-  const int row0 = blockIdx.y * TILE_M, col0 = blockIdx.x * TILE_N;
+  const int row0 = block_row0(), col0 = block_col0();
   T acc[THREAD_M][THREAD_N], unused[THREAD_N];
   gemm_tile<T, false, true>(D, n, W, n, m, k, 0, n, row0, col0, acc, unused, false);
 #pragma unroll

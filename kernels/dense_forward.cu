@@ -2,7 +2,7 @@
 //
 //   out = f(X @ W + b)      X: (m, k)  W: (k, n)  b: (n,)  out: (m, n), all row-major
 //
-// Launch: grid (ceil(n / TILE_N), ceil(m / TILE_M)), block GEMM_THREADS (256 by default); each
+// Launch: grid (ceil(m / TILE_M), ceil(n / TILE_N)), block GEMM_THREADS (256 by default); each
 // thread keeps a THREAD_M x THREAD_N register block (gemm.cuh). Any m, k, n >= 1.
 // Entry points: dense_forward_<activation>_<f32|f64>(X, W, b, out, m, k, n).
 #include "activations.cuh"
@@ -11,7 +11,7 @@
 template <class T, int A>
 __device__ void dense_forward(const T* __restrict__ X, const T* __restrict__ W, const T* __restrict__ b,
                               T* __restrict__ out, int m, int k, int n) {
-  const int row0 = blockIdx.y * TILE_M, col0 = blockIdx.x * TILE_N;
+  const int row0 = block_row0(), col0 = block_col0();
   T acc[THREAD_M][THREAD_N], unused[THREAD_N];
   gemm_tile<T, false, false>(X, k, W, n, m, n, 0, k, row0, col0, acc, unused, false);
   T bias[THREAD_N];

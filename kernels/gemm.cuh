@@ -70,6 +70,11 @@ __device__ __forceinline__ void gemm_tile(const T* __restrict__ A, int lda, cons
   }
 }
 
+// The block's output tile: row tiles on grid.x, which takes 2^31 - 1 blocks, so any batch fits
+// (grid.y stops at 65535 tiles); column tiles on grid.y, at most 65535 (cuda_source.tile_grid).
+__device__ __forceinline__ int block_row0() { return (int)blockIdx.x * TILE_M; }
+__device__ __forceinline__ int block_col0() { return (int)blockIdx.y * TILE_N; }
+
 // Global row / column of a thread's register-block element (i, j).
 __device__ __forceinline__ int tile_row(int row0, int i) {
   return row0 + (int)(threadIdx.x / GEMM_THREADS_N) + i * GEMM_THREADS_M;

@@ -6,7 +6,7 @@
 //       rows[2 r] = sample r's loss, rows[2 r + 1] = 1 if sample r is classified right, else 0
 //   dense_output_delta_<out>_<loss>_<f32|f64>(A_prev, W, b, Z, Y, A, D, rows, m, k, n):
 //       the last layer's Z = A_prev @ W + b (A_prev: (m, k), W: (k, n)) and output_delta in one
-//       kernel, for n <= TILE_N; grid (1, ceil(m / TILE_M)), block GEMM_THREADS
+//       kernel, for n <= TILE_N; grid (ceil(m / TILE_M), 1), block GEMM_THREADS
 //   row_stats_reduce(rows, m, stats):                       stats[0] += sum of losses,
 //                                                           stats[1] += number right
 //   Z, Y, A, D: (m, n) row-major; rows: (m, 2) float64; stats: (2,) float64.
@@ -138,7 +138,7 @@ template <class T, int O, int L>
 __device__ void dense_output_delta(const T* __restrict__ A_prev, const T* __restrict__ W, const T* __restrict__ b,
                                    T* __restrict__ Z, const T* __restrict__ Y, T* __restrict__ A, T* __restrict__ D,
                                    double* __restrict__ rows, int m, int k, int n) {
-  const int row0 = blockIdx.y * TILE_M;
+  const int row0 = block_row0();
   T acc[THREAD_M][THREAD_N], unused[THREAD_N];
   gemm_tile<T, false, false>(A_prev, k, W, n, m, n, 0, k, row0, 0, acc, unused, false);
   T bias[THREAD_N];

@@ -3,14 +3,14 @@
 //   dW = A^T @ D     db = sum over rows of D     W, b <- optimizer(W, b, dW, db)  (in place)
 //   A: (m, k)  D: (m, n)  W, dW: (k, n)  b, db: (n,), all row-major
 //
-// Fused path, weight_update_<opt>_<f32|f64>: grid (ceil(n / TILE_N), ceil(k / TILE_M)), block
+// Fused path, weight_update_<opt>_<f32|f64>: grid (ceil(k / TILE_M), ceil(n / TILE_N)), block
 // GEMM_THREADS. A thread owns its dW register block over the whole batch, so it applies the
 // step to W where dW sits, without writing dW. Blocks of tile row 0 also sum D's columns (the
 // inner loop already stages them) and update b. A^T is read in place. opt = store writes dW, db
 // into W, b instead (weight_gradient).
 //
 // Split-batch path, for a long batch and a small W (few output tiles to fill the GPU):
-//   weight_partial_<f32|f64>: grid (ceil(n / TILE_N), ceil(k / TILE_M), splits); split z sums
+//   weight_partial_<f32|f64>: grid (ceil(k / TILE_M), ceil(n / TILE_N), splits); split z sums
 //     rows [z * rows_per_split, (z + 1) * rows_per_split) into partW[z] (k, n), partb[z] (n,).
 //   weight_finish_<opt>_<f32|f64>: grid ceil((k * n + n) / ELEMENT_THREADS) (capped; grid-stride),
 //     ELEMENT_THREADS threads; sums the splits in order z = 0, 1, ... (deterministic: no atomics) and steps.
@@ -21,8 +21,8 @@
 template <class T, int O>
 __device__ void weight_update(const T* __restrict__ A, const T* __restrict__ D, T* W, T* b, T* sW1, T* sW2,
                               T* sb1, T* sb2, const OptArgs<T>& o, int m, int k, int n) {
-  const int row0 = blockIdx.y * TILE_M, col0 = blockIdx.x * TILE_N;
-  const bool bias_block = blockIdx.y == 0;
+  const int row0 = block_row0(), col0 = block_col0();
+  const bool bias_block = row0 == 0;
   T acc[THREAD_M][THREAD_N], colsum[THREAD_N];
   gemm_tile<T, true, false>(A, k, D, n, k, n, 0, m, row0, col0, acc, colsum, bias_block);
 #pragma unroll
@@ -47,11 +47,11 @@ __device__ void weight_update(const T* __restrict__ A, const T* __restrict__ D, 
 template <class T>
 __device__ void weight_partial(const T* __restrict__ A, const T* __restrict__ D, T* __restrict__ partW,
                                T* __restrict__ partb, int m, int k, int n, int rows_per_split) {
-  const int row0 = blockIdx.y * TILE_M, col0 = blockIdx.x * TILE_N;
+  const int row0 = block_row0(), col0 = block_col0();
   const int z = blockIdx.z;
   const int kb = z * rows_per_split;
   const int ke = kb + rows_per_split < m ? kb + rows_per_split : m;
-  const bool bias_block = blockIdx.y == 0;
+  const bool bias_block = row0 == 0;
   T acc[THREAD_M][THREAD_N], colsum[THREAD_N];
   gemm_tile<T, true, false>(A, k, D, n, k, n, kb, ke, row0, col0, acc, colsum, bias_block);
   T* Wz = partW + (long long)z * k * n;

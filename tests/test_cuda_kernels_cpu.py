@@ -379,6 +379,31 @@ def test_gather_rows(cpu_lib, dtype):
     assert np.isnan(out[5]).all()
 
 
+class RecordedLaunches(CpuKernels):
+    """KernelOps that records each launch's name and grid instead of running it."""
+
+    def _launch(self, name, geometry, args, shapes):
+        self.launched.append((name, geometry[0]))
+
+
+def test_gemm_launch_past_grid_y():
+    """A batch of more row tiles than gridDim.y takes (65536 tiles of TILE_M rows) puts them on
+    grid.x, for every GEMM launcher; too many column tiles is refused with the limit."""
+    ops = RecordedLaunches(lib=None)
+    m = (cs.MAX_GRID_Y + 1) * cs.TUNABLES["TILE_M"]
+    X, W, b = np.zeros((m, 2), np.float32), np.zeros((2, 3), np.float32), np.zeros(3, np.float32)
+    out, D = np.zeros((m, 3), np.float32), np.zeros((m, 2), np.float32)
+    ops.dense_forward(X, W, b, "relu", out)
+    ops.delta_backward(out, W, X, "relu", D)
+    assert ops.launched == [
+        ("dense_forward_relu_f32", (cs.MAX_GRID_Y + 1, 1, 1)),
+        ("delta_backward_relu_f32", (cs.MAX_GRID_Y + 1, 1, 1)),
+    ]
+    wide = cs.MAX_GRID_Y * cs.TUNABLES["TILE_N"] + 1
+    with pytest.raises(ValueError, match=f"{wide} columns exceed"):
+        cs.gemm_geometry(1, wide)
+
+
 def test_launchers_name_the_bad_argument(cpu_lib):
     ops = CpuKernels(cpu_lib)
     X, W, b = np.zeros((3, 4), np.float32), np.zeros((4, 5), np.float32), np.zeros(5, np.float32)

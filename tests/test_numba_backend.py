@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 import bpgpu
+from bpgpu.backends import cuda_source as cs
 from bpgpu.backends import get_backend
 from bpgpu.backends.base import Network, Workspace
 from bpgpu.backends.numpy_backend import NumpyBackend
@@ -306,6 +307,46 @@ def test_argument_checks_sim(sim) -> None:
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gather_rows_sim(sim, rng, dtype) -> None:
     check_gather_rows(sim, rng, 5, 3, dtype)
+
+
+@sim_only
+@pytest.mark.parametrize("bad", [-1, 6], ids=["negative", "past-the-end"])
+def test_gather_rows_refuses_bad_index_values_sim(sim, bad) -> None:
+    src, out = sim.zeros((6, 2), np.float32), sim.asarray(np.full((3, 2), 7.0), np.float32)
+    index = sim.asarray(np.array([0, bad, 5]), np.int64)
+    with pytest.raises(ValueError, match=r"index values must be in \[0, 6\)"):
+        sim.gather_rows(src, index, out)
+    np.testing.assert_array_equal(sim.to_host(out), 7.0)  # refused before any launch
+    with pytest.raises(TypeError, match="out must be an array of the numba backend"):
+        sim.gather_rows(src, sim.zeros((3,), np.int64), np.zeros((3, 2), np.float32))
+
+
+@sim_only
+def test_gemm_launch_past_grid_y_sim(sim, monkeypatch) -> None:
+    """A batch of more row tiles than gridDim.y takes (2^20 rows is 65536 tiles of 16) puts them
+    on grid.x; the launch is recorded, not run (the simulator would take hours)."""
+    launched = []
+    monkeypatch.setattr(
+        sim, "_launch", lambda kernel, grid, block: lambda *args: launched.append(grid)
+    )
+    m = 2**20
+    X, W, b, out = (sim.empty(s, np.float32) for s in ((m, 1), (1, 3), (3,), (m, 3)))
+    sim.dense_forward(X, W, b, "relu", out)
+    sim.gather_rows(out, sim.asarray(np.zeros(m, np.int64), np.int64), out)
+    assert launched == [(65536, 1), (12288, 1, 1)]  # GEMM (row tiles, col tiles); gather
+
+
+@pytest.mark.parametrize("tile", [16, 64])  # the numba kernels' TILE, the CUDA C TILE_M
+def test_tile_grid_puts_row_tiles_on_grid_x(tile) -> None:
+    assert cs.tile_grid(1, 1, tile, tile) == (1, 1)
+    assert cs.tile_grid(tile + 1, 2 * tile, tile, tile) == (2, 2)
+    rows = (cs.MAX_GRID_Y + 1) * tile  # one row tile more than gridDim.y takes
+    assert cs.tile_grid(rows, 10, tile, tile) == (cs.MAX_GRID_Y + 1, 1)
+    assert cs.tile_grid(10, cs.MAX_GRID_Y * tile, tile, tile) == (1, cs.MAX_GRID_Y)
+    with pytest.raises(ValueError, match="columns exceed"):
+        cs.tile_grid(10, cs.MAX_GRID_Y * tile + 1, tile, tile)
+    with pytest.raises(ValueError, match="rows exceed"):
+        cs.tile_grid(cs.MAX_GRID_X * tile + 1, 10, tile, tile)
 
 
 @sim_only

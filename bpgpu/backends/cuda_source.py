@@ -48,8 +48,9 @@ ARCHITECTURES = ("80", "86", "89", "90")
 
 #: at most this many blocks for the grid-stride elementwise kernels
 _MAX_ELEMENT_BLOCKS = 65535
-#: CUDA's limit on gridDim.y (and z)
-_MAX_GRID_Y = 65535
+#: CUDA's limits on gridDim.x and on gridDim.y (and z)
+MAX_GRID_X = 2**31 - 1
+MAX_GRID_Y = 65535
 
 
 def kernel_dir() -> Path:
@@ -118,13 +119,25 @@ def optimizer_args(optimizer) -> tuple[float, float, float, float, float]:
 Geometry = tuple[tuple[int, int, int], tuple[int, int, int]]
 
 
+def tile_grid(rows: int, cols: int, tile_rows: int, tile_cols: int) -> tuple[int, int]:
+    """(grid.x, grid.y) of a GEMM whose blocks own tile_rows x tile_cols output tiles: row tiles
+    on grid.x (up to 2^31 - 1, so the batch is never what runs out), column tiles on grid.y (up
+    to 65535). Shared by the CUDA C and the numba kernels; raises ValueError past a limit."""
+    row_tiles = max(1, math.ceil(rows / tile_rows))
+    col_tiles = max(1, math.ceil(cols / tile_cols))
+    if row_tiles > MAX_GRID_X:
+        raise ValueError(f"{rows} rows exceed the {MAX_GRID_X * tile_rows} one GEMM launch covers")
+    if col_tiles > MAX_GRID_Y:
+        raise ValueError(
+            f"{cols} columns exceed the {MAX_GRID_Y * tile_cols} one GEMM launch covers"
+        )
+    return row_tiles, col_tiles
+
+
 def gemm_geometry(rows: int, cols: int, splits: int = 1) -> Geometry:
     """Blocks covering a (rows, cols) output with TILE_M x TILE_N tiles, ``splits`` deep."""
-    row_tiles = math.ceil(rows / TUNABLES["TILE_M"])
-    if row_tiles > _MAX_GRID_Y:
-        most = _MAX_GRID_Y * TUNABLES["TILE_M"]
-        raise ValueError(f"{rows} rows exceed the {most} one GEMM launch covers; split the batch")
-    return (math.ceil(cols / TUNABLES["TILE_N"]), row_tiles, splits), (GEMM_THREADS, 1, 1)
+    grid = tile_grid(rows, cols, TUNABLES["TILE_M"], TUNABLES["TILE_N"])
+    return (*grid, splits), (GEMM_THREADS, 1, 1)
 
 
 def row_geometry(m: int) -> Geometry:

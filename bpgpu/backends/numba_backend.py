@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from bpgpu.backends import cuda_source as cs
 from bpgpu.backends.base import Array, Backend, BackendUnavailableError, OptimizerState
 from bpgpu.functions import ACTIVATIONS, COMBINATIONS, OUTPUTS, check_name
 
@@ -150,8 +151,7 @@ class NumbaBackend(Backend):
         self, A, B, trans_a: bool, trans_b: bool, bias, aux, act: str, mode: int, out
     ) -> None:
         k = self._k
-        M, N = out.shape
-        grid = (_blocks(N, k.TILE), _blocks(M, k.TILE))
+        grid = cs.tile_grid(*out.shape, k.TILE, k.TILE)
         kernel = k.GEMM[np.dtype(out.dtype)]
         self._launch(kernel, grid, (k.THREADS, k.THREADS))(
             A, B, trans_a, trans_b, bias, aux, k.ACT[act], mode, out
@@ -257,9 +257,17 @@ class NumbaBackend(Backend):
 
     def gather_rows(self, src: Array, index: Array, out: Array) -> Array:
         m, n = out.shape
-        self._check("index", index, (m,), np.dtype(np.int64))
         self._check("src", src, (src.shape[0], n), out.dtype)
-        self._launch(self._k.gather_rows, (_blocks(m, 16), _blocks(n, 16)), (16, 16))(
-            src, index, out
-        )
+        self._check("index", index, (m,), np.dtype(np.int64))
+        self._check("out", out, (m, n), out.dtype)
+        # The kernel reads src[index[i]] unguarded, so the values are checked here; this copies
+        # the index to the host (a synchronization) on every call.
+        host = self.to_host(index)
+        if host.size and (host.min() < 0 or host.max() >= src.shape[0]):
+            raise ValueError(
+                f"index values must be in [0, {src.shape[0]}) (the rows of src); "
+                f"got {host.min()} to {host.max()}"
+            )
+        grid, block = cs.element_geometry(m * n)
+        self._launch(self._k.gather_rows, grid, block)(src, index, out)
         return out

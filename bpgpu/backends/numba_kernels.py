@@ -52,9 +52,10 @@ def _deriv(a, code):
 
 def _make_gemm(dtype):
     # out (M,N) = epilogue(op(A) @ op(B)), op(A) = A or A^T (trans_a), op(B) likewise.
-    # Each block computes a TILE x TILE output tile, stepping over K in TILE-wide tiles of
-    # op(A) and op(B) staged in shared memory (zero past the edges); each thread keeps a
-    # REG x REG block of sums in registers. Epilogue: mode 0 act(acc + bias[c]),
+    # Block (x, y) computes the TILE x TILE output tile of row tile x and column tile y (rows on
+    # grid.x, which is not limited to 65535 blocks: cuda_source.tile_grid), stepping over K in
+    # TILE-wide tiles of op(A) and op(B) staged in shared memory (zero past the edges); each
+    # thread keeps a REG x REG block of sums in registers. Epilogue: mode 0 act(acc + bias[c]),
     # mode 1 acc * act'(aux[r, c]), mode 2 acc.
     @cuda.jit
     def gemm(A, B, trans_a, trans_b, bias, aux, act, mode, out):
@@ -64,8 +65,8 @@ def _make_gemm(dtype):
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
         tid = ty * THREADS + tx
-        row0 = cuda.blockIdx.y * TILE
-        col0 = cuda.blockIdx.x * TILE
+        row0 = cuda.blockIdx.x * TILE
+        col0 = cuda.blockIdx.y * TILE
         M = out.shape[0]
         N = out.shape[1]
         K = A.shape[0] if trans_a else A.shape[1]
@@ -271,7 +272,10 @@ def optimizer_step(P, G, S1, S2, kind, lr, mu, nesterov, c1, c2, eps, wd, bc1, b
 
 @cuda.jit
 def gather_rows(src, index, out):
-    # out[i, j] = src[index[i], j]
-    i, j = cuda.grid(2)
-    if i < out.shape[0] and j < out.shape[1]:
+    # out[i, j] = src[index[i], j], grid-stride over the flat e = i * n + j (any size); the
+    # launcher has checked 0 <= index < src rows
+    n = out.shape[1]
+    for e in range(cuda.grid(1), out.shape[0] * n, cuda.gridsize(1)):
+        i = e // n
+        j = e - i * n
         out[i, j] = src[index[i], j]
