@@ -10,7 +10,9 @@ installed. One file per kernel family (see each file's opening comment for the m
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -77,6 +79,33 @@ def sources_hash() -> str:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()
+
+
+def kernel_file_hashes() -> dict[str, str]:
+    """sha256 of each kernel source, keyed ``kernels/<name>`` as the benchmark's report.json
+    keys them under ``machine.kernels_sha256``."""
+    return {f"kernels/{p.name}": hashlib.sha256(p.read_bytes()).hexdigest() for p in source_files()}
+
+
+def gpu_report_status(report: str | Path = "bench/results/gpu/report.json") -> str:
+    """One line saying whether the GPU report at ``report`` was measured on the current kernel
+    sources (the per-file sha256 it holds against ``kernel_file_hashes()``). Informational: a
+    missing or unreadable report is said, never raised."""
+    path = Path(report)
+    if not path.is_file():
+        return f"GPU report: none at {path}"
+    try:
+        recorded = json.loads(path.read_text())["machine"]["kernels_sha256"]
+        recorded = {k: v for k, v in recorded.items() if re.fullmatch(r"kernels/[^/]+\.cuh?", k)}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return f"GPU report: {path} holds no per-file kernel hashes ({type(exc).__name__}: {exc})"
+    current = kernel_file_hashes()
+    changed = sorted(
+        k for k in current.keys() | recorded.keys() if current.get(k) != recorded.get(k)
+    )
+    if not changed:
+        return f"GPU report: {path} matches the current kernel sources ({len(current)} files)"
+    return f"GPU report: {path} is STALE, changed since it was measured: {', '.join(changed)}"
 
 
 def defines() -> list[str]:
