@@ -30,11 +30,13 @@ def _activate(z: np.ndarray, activation: str) -> None:
     if activation == "relu":
         np.maximum(z, 0, out=z)
     elif activation == "sigmoid":
-        # sigmoid(z) = (1 + tanh(z/2)) / 2: no overflow for any z
-        z *= 0.5
-        np.tanh(z, out=z)
+        # sigmoid(z) = 1 / (1 + e^-z); e^-z overflowing to inf gives the right limit 0.
+        # (NumPy's exp is about 1.5x faster than its tanh in float32.)
+        with np.errstate(over="ignore"):
+            np.negative(z, out=z)
+            np.exp(z, out=z)
         z += 1
-        z *= 0.5
+        np.reciprocal(z, out=z)
     elif activation == "tanh":
         np.tanh(z, out=z)
     elif activation != "identity":
