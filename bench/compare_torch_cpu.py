@@ -26,6 +26,7 @@ if __name__ == "__main__":
                 "--systems", "numpy,torch-eager",
                 "--threads", "2",
                 "--drift-steps", "2000",
+                "--fit", "0",
                 "--out", str(OUT),
                 *sys.argv[1:],
             ]

@@ -16,14 +16,9 @@ from collections import defaultdict
 
 from bpgpu.backends import get_backend
 from bpgpu.benchmark import limit_threads
-from bpgpu.benchmark.systems import (
-    make_data,
-    make_optimizer,
-    prepare_bpgpu,
-    prepare_torch,
-    torch_status,
-)
+from bpgpu.benchmark.systems import make_data, prepare_bpgpu, prepare_torch, torch_status
 from bpgpu.benchmark.workloads import parse_workload
+from bpgpu.optimizers import make_optimizer
 
 OPS = (
     "gather_rows",

@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,11 +50,15 @@ def versions() -> dict[str, str]:
     import bpgpu
 
     found = {"python": sys.version.split()[0], "numpy": np.__version__, "bpgpu": bpgpu.__version__}
-    for mod in ("torch", "cupy", "numba", "matplotlib"):
+    for mod in ("torch", "cupy", "numba", "numba_cuda", "matplotlib"):
         try:
             found[mod] = __import__(mod).__version__
         except Exception:  # noqa: BLE001 -- absent or broken: the report says so
             found[mod] = "not installed"
+    if found["torch"] != "not installed":
+        import torch
+
+        found["torch_cuda"] = str(torch.version.cuda)  # None: a CPU build
     return found
 
 
@@ -85,7 +90,29 @@ def machine() -> dict:
 # ---- Markdown -------------------------------------------------------------------------------
 
 
+def _table(
+    rows: list[dict], systems: list[str], entries: str, key: str, cell: Callable[[dict], str]
+) -> list[str]:
+    """A Markdown table, a line per row and a column per system: ``cell(result)`` where the
+    row's ``entries`` (results or fit) has ``key`` for that system, else its status."""
+    header = ["workload", "optimizer", *systems]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [r["workload"], r["optimizer"]]
+        for name in systems:
+            res = r.get(entries, {}).get(name, {})
+            cells.append(cell(res) if key in res else res.get("status", "-"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _speedup(res: dict) -> str:
+    x = res.get("speedup_vs_torch")
+    return "" if x is None else f" {x:.2f}x"
+
+
 def markdown(report: dict) -> str:
+    """The report as Markdown: conditions, then step times, achieved rates and whole fits."""
     systems = report["systems"]
     rows = report["rows"]
     m = report["machine"]
@@ -96,8 +123,9 @@ def markdown(report: dict) -> str:
     gpu = f"{m['gpu']['name']} (driver {m['gpu']['driver']})" if m["gpu"] else "none"
     dirty = " (dirty)" if m["git_dirty"] else ""
     vers = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
-    ceil = ", ".join(
-        f"{d}: {c['matmul_gflops']:.0f} GFLOP/s matmul, {c['copy_gbs']:.1f} GB/s copy"
+    ceil = "; ".join(
+        f"{d}: {c['matmul_gflops'] / 1e3:.3g} TFLOP/s matmul ({c.get('matmul_by', '-')}), "
+        f"{c['copy_gbs']:.3g} GB/s copy ({c.get('copy_by', '-')})"
         for d, c in report["ceilings"].items()
     )
     lines = [
@@ -105,10 +133,11 @@ def markdown(report: dict) -> str:
         "",
         (
             f"Machine: {m['cpu']}, {m['cores']} cores; GPU: {gpu}; "
-            f"load average at start {m['load_average']}; commit {m['git_commit']}{dirty}."
+            f"load average at start {m['load_average']}, at the end "
+            f"{report['load_average_end']}; commit {m['git_commit']}{dirty}."
         ),
         f"Versions: {vers}.",
-        f"Ceilings: {ceil}.",
+        f"Ceilings (the best measured here): {ceil}.",
         f"Settings: {json.dumps(s)}.",
         "",
         (
@@ -118,28 +147,66 @@ def markdown(report: dict) -> str:
         ),
         "",
     ]
-    header = ["workload", "optimizer", *systems]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        cells = [r["workload"], r["optimizer"]]
-        for s in systems:
-            res = r["results"].get(s)
-            if res is None:
-                cells.append("-")
-            elif "median_ms" not in res:
-                cells.append(res.get("status", "-"))
-            else:
-                c = f"{res['median_ms']:.3g} [{res['iqr_ms']:.2g}]"
-                if res.get("speedup_vs_torch") is not None:
-                    c += f" {res['speedup_vs_torch']:.2f}x"
-                c += f" {100 * res['fraction_of_floor']:.0f}%"
-                cells.append(c)
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += _table(
+        rows,
+        systems,
+        "results",
+        "median_ms",
+        lambda r: (
+            f"{r['median_ms']:.3g} [{r['iqr_ms']:.2g}]{_speedup(r)} "
+            f"{100 * r['fraction_of_floor']:.0f}%"
+        ),
+    )
+    lines += [
+        "",
+        (
+            "Achieved rates of the step: TFLOP/s (fraction of the matmul ceiling) and GB/s of "
+            "the fewest bytes a step moves (fraction of the copy ceiling)."
+        ),
+        "",
+    ]
+    lines += _table(
+        rows,
+        systems,
+        "results",
+        "gflops",
+        lambda r: (
+            f"{r['gflops'] / 1e3:.3g} TFLOP/s ({100 * r['fraction_of_matmul']:.0f}%), "
+            f"{r['gbs']:.3g} GB/s ({100 * r['fraction_of_copy']:.0f}%)"
+        ),
+    )
+    fits = [r for r in rows if "fit" in r]
+    if fits:
+        lines += [
+            "",
+            (
+                f"Whole `fit` ({s['fit_samples']} samples in whole batches, "
+                f"{s['fit_epochs']} epochs, shuffled each epoch, the loss read back each "
+                f"epoch, data from the host): median s [IQR] over {s['fit_repeats']} fits, "
+                "ms per step, x = speed-up against PyTorch eager, fit/step = the fit's time "
+                "per step over the bare step's median (the training loop's own cost)."
+            ),
+            "",
+        ]
+        lines += _table(
+            fits,
+            systems,
+            "fit",
+            "median_s",
+            lambda r: (
+                f"{r['median_s']:.3g} s [{r['iqr_s']:.2g}] {r['ms_per_step']:.3g} "
+                f"ms/step{_speedup(r)}"
+                + (f" fit/step {r['fit_over_step']:.2f}" if "fit_over_step" in r else "")
+            ),
+        )
     drift = [r for r in rows if any("drift" in v for v in r["results"].values())]
     if drift:
         lines += [
             "",
-            "Step time after many steps (denormal watch): median ms before -> after N more steps, subnormal fraction of optimizer state.",
+            (
+                "Step time after many steps (denormal watch): median ms before -> after N more "
+                "steps, subnormal fraction of optimizer state."
+            ),
             "",
         ]
         lines += [
@@ -147,12 +214,13 @@ def markdown(report: dict) -> str:
             "|---|---|---|---|---|---|---|---|",
         ]
         for r in drift:
-            for s, v in r["results"].items():
+            for name, v in r["results"].items():
                 d = v.get("drift")
                 if d:
                     lines.append(
-                        f"| {r['workload']} | {r['optimizer']} | {s} | {d['steps']} | {v['median_ms']:.3g} | "
-                        f"{d['median_ms']:.3g} | {d['median_ms'] / v['median_ms']:.2f} | {d['subnormal_fraction']:.2e} |"
+                        f"| {r['workload']} | {r['optimizer']} | {name} | {d['steps']} | "
+                        f"{v['median_ms']:.3g} | {d['median_ms']:.3g} | "
+                        f"{d['median_ms'] / v['median_ms']:.2f} | {d['subnormal_fraction']:.2e} |"
                     )
     return "\n".join(lines) + "\n"
 
