@@ -170,7 +170,38 @@ class Backend(ABC):
 
     @abstractmethod
     def gather_rows(self, src: Array, index: Array, out: Array) -> Array:
-        """out = src[index] (rows), index an int64 array on this backend."""
+        """out = src[index] (rows), index an int64 array on this backend.
+
+        The values are not checked (that would cost the GPU backends a round trip to the host
+        every step): the GPU kernels write a row of NaN for an index outside [0, rows).
+        """
+
+    # ---- argument checks for the kernel backends (their kernels do not bounds-check) --------
+
+    def _check(self, name: str, array: Any, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        """Raise, naming ``name``, unless ``array`` is a C-contiguous array of this backend
+        with this shape and dtype, on its device and small enough for 32-bit indexing."""
+        if not self.is_array(array):
+            raise TypeError(
+                f"{name} must be an array of the {self.name} backend; got {type(array).__name__}"
+            )
+        if array.dtype != dtype:
+            raise TypeError(f"{name} must have dtype {np.dtype(dtype)}; got {array.dtype}")
+        if tuple(array.shape) != tuple(shape):
+            raise ValueError(f"{name} must have shape {tuple(shape)}; got {tuple(array.shape)}")
+        if not self._is_c_contiguous(array):
+            raise ValueError(f"{name} must be C-contiguous")
+        if array.size >= 2**31:
+            raise ValueError(
+                f"{name} has {array.size} elements; the kernels index with 32-bit sizes"
+            )
+        self._check_device(name, array)
+
+    def _is_c_contiguous(self, array: Any) -> bool:
+        return bool(array.flags.c_contiguous)
+
+    def _check_device(self, name: str, array: Any) -> None:
+        """Raise if ``array`` is not on this backend's device."""
 
     # ---- built from the ops ---------------------------------------------------------------
 

@@ -55,27 +55,7 @@ class KernelOps(Backend):
         """Blocks that fill the device; fewer weight tiles than this split the batch."""
         raise NotImplementedError
 
-    def _check_device(self, name: str, array: Array) -> None:
-        """Raise if ``array`` is not on this backend's device."""
-
-    # ---- validation ---------------------------------------------------------------------------------
-
-    def _check(self, name: str, array: Any, shape: tuple[int, ...], dtype: np.dtype) -> None:
-        if not self.is_array(array):
-            raise TypeError(
-                f"{name} must be an array of the {self.name} backend; got {type(array).__name__}"
-            )
-        if array.dtype != dtype:
-            raise TypeError(f"{name} must have dtype {np.dtype(dtype)}; got {array.dtype}")
-        if tuple(array.shape) != tuple(shape):
-            raise ValueError(f"{name} must have shape {tuple(shape)}; got {tuple(array.shape)}")
-        if not array.flags.c_contiguous:
-            raise ValueError(f"{name} must be C-contiguous")
-        if array.size >= 2**31:
-            raise ValueError(
-                f"{name} has {array.size} elements; the kernels index with 32-bit sizes"
-            )
-        self._check_device(name, array)
+    # ---- scratch ------------------------------------------------------------------------------------
 
     def _buffer(self, key: tuple, shape: tuple[int, ...], dtype: np.dtype) -> Array:
         """Scratch memory kept for reuse (stable addresses, as a captured graph needs)."""

@@ -272,10 +272,11 @@ def optimizer_step(P, G, S1, S2, kind, lr, mu, nesterov, c1, c2, eps, wd, bc1, b
 
 @cuda.jit
 def gather_rows(src, index, out):
-    # out[i, j] = src[index[i], j], grid-stride over the flat e = i * n + j (any size); the
-    # launcher has checked 0 <= index < src rows
+    # out[i, j] = src[index[i], j], grid-stride over the flat e = i * n + j (any size); an
+    # index outside [0, src rows) gives a row of NaN, as the CUDA C kernel does
     n = out.shape[1]
     for e in range(cuda.grid(1), out.shape[0] * n, cuda.gridsize(1)):
         i = e // n
         j = e - i * n
-        out[i, j] = src[index[i], j]
+        s = index[i]
+        out[i, j] = src[s, j] if 0 <= s < src.shape[0] else math.nan
