@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -12,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from bpgpu.backends import cuda_source
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,12 +64,9 @@ def versions() -> dict[str, str]:
 
 
 def kernel_hashes() -> dict[str, str]:
-    """sha256 of each file under kernels/ and of them all together (sorted by path)."""
-    kdir = ROOT / "kernels"
-    files = sorted(p for p in kdir.rglob("*") if p.is_file()) if kdir.is_dir() else []
-    each = {str(p.relative_to(ROOT)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
-    whole = hashlib.sha256("".join(f"{k}:{v}\n" for k, v in each.items()).encode()).hexdigest()
-    return {"all": whole, **each}
+    """sha256 of each kernel source, and under "all" the hash the cupy backend reports (the
+    sources with the tunables)."""
+    return {"all": cuda_source.sources_hash(), **cuda_source.kernel_file_hashes()}
 
 
 def machine() -> dict:
