@@ -73,10 +73,16 @@ def as_matrix(X: object, name: str, n_features: int, dtype: np.dtype) -> np.ndar
         raise ValueError(
             f"{name} has {arr.shape[1]} features per sample but the network takes {n_features}"
         )
-    arr = np.ascontiguousarray(arr, dtype=dtype)
-    if not np.all(np.isfinite(arr)):
+    with np.errstate(over="ignore"):
+        converted = np.ascontiguousarray(arr, dtype=dtype)
+    if not np.all(np.isfinite(converted)):
+        if np.all(np.isfinite(arr)):
+            raise ValueError(
+                f"{name} holds values beyond the range of {dtype} "
+                f"(largest magnitude {np.abs(arr).max():.3g})"
+            )
         raise ValueError(f"{name} holds NaN or infinite values")
-    return arr
+    return converted
 
 
 def as_targets(

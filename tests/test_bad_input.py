@@ -95,12 +95,28 @@ BAD_X = [
         ValueError,
         "X.*infinite",
     ),
+    (
+        lambda X: np.where(np.arange(X.size).reshape(X.shape) == 3, 1e300, X),
+        ValueError,
+        "X holds values beyond the range of float32",  # the net is float32; 1e300 is a float64
+    ),
     (lambda X: X.astype(str), TypeError, "X"),
     (lambda X: X + 1j, TypeError, "X"),  # complex: casting would drop the imaginary part
     (lambda X: [[1.0, 2.0], [3.0]], (TypeError, ValueError), "X"),  # ragged
 ]
 
-BAD_X_IDS = ["features", "1d", "3d", "empty", "nan", "inf", "strings", "complex", "ragged"]
+BAD_X_IDS = [
+    "features",
+    "1d",
+    "3d",
+    "empty",
+    "nan",
+    "inf",
+    "too-big",
+    "strings",
+    "complex",
+    "ragged",
+]
 
 
 @pytest.mark.parametrize("bad,exc,match", BAD_X, ids=BAD_X_IDS)
