@@ -12,8 +12,9 @@ import numpy as np
 from bpgpu.backends.base import Array, Backend, OptimizerState
 from bpgpu.optimizers import Optimizer
 
-#: elements per row block for the elementwise epilogues (about 256 KiB of float32)
-_BLOCK_ELEMENTS = 1 << 16
+#: elements per row block for the elementwise epilogues (1 MiB of float32: measured best of
+#: 2^14..2^20 on the issue-2 shapes, bench/results/cpu/issue2/NOTES.md)
+_BLOCK_ELEMENTS = 1 << 18
 #: optimizer state is flushed of subnormal numbers every this many updates (see _flush)
 _FLUSH_EVERY = 64
 
