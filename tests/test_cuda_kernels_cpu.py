@@ -417,6 +417,18 @@ def test_launchers_name_the_bad_argument(cpu_lib):
         )
     with pytest.raises(ValueError, match="activation must be one of"):
         ops.dense_forward(X, W, b, "gelu", np.empty((3, 5), np.float32))
+    with pytest.raises(ValueError, match=r"W must be 2-D; got shape \(20,\)"):
+        ops.dense_forward(X, W.ravel(), b, "relu", np.empty((3, 5), np.float32))
+    with pytest.raises(TypeError, match="X must be float32 or float64; got int32"):
+        ints = np.zeros((3, 4), np.int32)
+        ops.dense_forward(ints, W.astype(np.int32), b.astype(np.int32), "relu", ints[:, :1])
+    with pytest.raises(TypeError, match="out_W must be an array of the"):
+        ops.weight_gradient(X, np.zeros((3, 5), np.float32), [[0.0]], b)
+    with pytest.raises(ValueError, match="index must have shape"):
+        ops.gather_rows(X, np.zeros(2, np.int64), np.empty((3, 4), np.float32))
+    with pytest.raises(ValueError, match="cannot be trained with"):
+        Z = np.zeros((3, 2), np.float32)
+        ops.output_delta(Z, Z, "identity", "cross_entropy", Z, Z, np.zeros(2))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

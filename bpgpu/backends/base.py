@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from bpgpu.functions import ACTIVATIONS, OUTPUTS, check_combination, check_name
 from bpgpu.optimizers import Optimizer
 
 Array = Any  # an array of the backend's own kind
@@ -187,6 +188,8 @@ class Backend(ABC):
             )
         if array.dtype != dtype:
             raise TypeError(f"{name} must have dtype {np.dtype(dtype)}; got {array.dtype}")
+        if array.ndim != len(shape):
+            raise ValueError(f"{name} must be {len(shape)}-D; got shape {tuple(array.shape)}")
         if tuple(array.shape) != tuple(shape):
             raise ValueError(f"{name} must have shape {tuple(shape)}; got {tuple(array.shape)}")
         if not self._is_c_contiguous(array):
@@ -196,6 +199,74 @@ class Backend(ABC):
                 f"{name} has {array.size} elements; the kernels index with 32-bit sizes"
             )
         self._check_device(name, array)
+
+    def _check_all(self, **arrays: tuple[Any, tuple[int, ...], np.dtype]) -> None:
+        """``_check`` of each ``name=(array, shape, dtype)``, in order; the first array's dtype
+        must be float32 or float64 (the kernels' two variants)."""
+        for name, (array, shape, dtype) in arrays.items():
+            self._check(name, array, shape, dtype)
+            if array.dtype not in _KERNEL_DTYPES:
+                raise TypeError(f"{name} must be float32 or float64; got {array.dtype}")
+
+    # The argument checks of each op, shared by the kernel backends; each returns the sizes.
+
+    def _check_dense_forward(
+        self, X: Array, W: Array, b: Array, activation: str, out: Array
+    ) -> tuple[int, int, int]:
+        check_name(activation, ACTIVATIONS, "activation")
+        m, k, n, dt = _dim(X, 0), _dim(X, 1), _dim(W, 1), _dtype(X)
+        self._check_all(
+            X=(X, (m, k), dt), W=(W, (k, n), dt), b=(b, (n,), dt), out=(out, (m, n), dt)
+        )
+        return m, k, n
+
+    def _check_delta_backward(
+        self, D: Array, W: Array, A_prev: Array, activation: str, out: Array
+    ) -> tuple[int, int, int]:
+        check_name(activation, ACTIVATIONS, "activation")
+        m, n, k, dt = _dim(D, 0), _dim(D, 1), _dim(W, 0), _dtype(D)
+        self._check_all(
+            D=(D, (m, n), dt), W=(W, (k, n), dt), A_prev=(A_prev, (m, k), dt), out=(out, (m, k), dt)
+        )
+        return m, k, n
+
+    def _check_weight_step(
+        self, A_prev: Array, D: Array, W: Array, b: Array, names: tuple[str, str] = ("W", "b")
+    ) -> tuple[int, int, int]:
+        """For weight_update (``W``, ``b``) and weight_gradient (``out_W``, ``out_b``)."""
+        m, k, n, dt = _dim(A_prev, 0), _dim(A_prev, 1), _dim(D, 1), _dtype(A_prev)
+        self._check_all(
+            A_prev=(A_prev, (m, k), dt),
+            D=(D, (m, n), dt),
+            **{names[0]: (W, (k, n), dt), names[1]: (b, (n,), dt)},
+        )
+        return m, k, n
+
+    def _check_output_forward(self, Z: Array, output: str, out: Array) -> tuple[int, int]:
+        check_name(output, OUTPUTS, "output")
+        m, n, dt = _dim(Z, 0), _dim(Z, 1), _dtype(Z)
+        self._check_all(Z=(Z, (m, n), dt), out=(out, (m, n), dt))
+        return m, n
+
+    def _check_output_delta(
+        self, Z: Array, Y: Array, output: str, loss: str, out_A: Array, out_D: Array, stats: Array
+    ) -> tuple[int, int]:
+        check_combination(output, loss)
+        m, n, dt = _dim(Z, 0), _dim(Z, 1), _dtype(Z)
+        self._check_all(
+            Z=(Z, (m, n), dt),
+            Y=(Y, (m, n), dt),
+            out_A=(out_A, (m, n), dt),
+            out_D=(out_D, (m, n), dt),
+        )
+        self._check("stats", stats, (2,), np.dtype(np.float64))
+        return m, n
+
+    def _check_gather_rows(self, src: Array, index: Array, out: Array) -> tuple[int, int]:
+        rows, n, dt = _dim(out, 0), _dim(out, 1), _dtype(out)
+        self._check_all(out=(out, (rows, n), dt), src=(src, (_dim(src, 0), n), dt))
+        self._check("index", index, (rows,), np.dtype(np.int64))
+        return rows, n
 
     def _is_c_contiguous(self, array: Any) -> bool:
         return bool(array.flags.c_contiguous)
@@ -272,3 +343,16 @@ class Backend(ABC):
         self.forward(net, ws.X, ws)
         self.output_delta(ws.Z, ws.Y, net.output, net.loss, ws.P, ws.D[-1], stats)
         self.backward(net, ws, states)
+
+
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _dim(array: Any, axis: int) -> int:
+    """Size of a matrix's ``axis``, -1 for anything that is not a matrix (its check fails)."""
+    shape = getattr(array, "shape", ())
+    return int(shape[axis]) if len(shape) == 2 else -1
+
+
+def _dtype(array: Any) -> np.dtype:
+    return np.dtype(getattr(array, "dtype", np.float32))

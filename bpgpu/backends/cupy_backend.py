@@ -27,7 +27,6 @@ from bpgpu.backends.base import (
     OptimizerState,
     Workspace,
 )
-from bpgpu.functions import ACTIVATIONS, COMBINATIONS, OUTPUTS
 from bpgpu.optimizers import Optimizer
 
 i32 = np.int32
@@ -68,16 +67,7 @@ class KernelOps(Backend):
     # ---- ops ------------------------------------------------------------------------------------------
 
     def dense_forward(self, X: Array, W: Array, b: Array, activation: str, out: Array) -> Array:
-        m, k = X.shape
-        n = W.shape[1] if W.ndim == 2 else -1
-        _name_in(activation, ACTIVATIONS, "activation")
-        for name, arr, shape in (
-            ("X", X, (m, k)),
-            ("W", W, (k, n)),
-            ("b", b, (n,)),
-            ("out", out, (m, n)),
-        ):
-            self._check(name, arr, shape, X.dtype)
+        m, k, n = self._check_dense_forward(X, W, b, activation, out)
         kernel = f"dense_forward_{activation}_{cs.suffix(X.dtype)}"
         self._launch(
             kernel,
@@ -88,10 +78,7 @@ class KernelOps(Backend):
         return out
 
     def output_forward(self, Z: Array, output: str, out: Array) -> Array:
-        _name_in(output, OUTPUTS, "output")
-        m, n = Z.shape
-        self._check("Z", Z, (m, n), Z.dtype)
-        self._check("out", out, (m, n), Z.dtype)
+        m, n = self._check_output_forward(Z, output, out)
         kernel = f"output_forward_{output}_{cs.suffix(Z.dtype)}"
         self._launch(kernel, cs.row_geometry(m), (Z, out, i32(m), i32(n)), f"m={m} n={n}")
         return out
@@ -99,12 +86,7 @@ class KernelOps(Backend):
     def output_delta(
         self, Z: Array, Y: Array, output: str, loss: str, out_A: Array, out_D: Array, stats: Array
     ) -> None:
-        if (output, loss) not in COMBINATIONS:
-            raise ValueError(f"output={output!r} cannot be trained with loss={loss!r}")
-        m, n = Z.shape
-        for name, arr in (("Z", Z), ("Y", Y), ("out_A", out_A), ("out_D", out_D)):
-            self._check(name, arr, (m, n), Z.dtype)
-        self._check("stats", stats, (2,), np.dtype(np.float64))
+        m, n = self._check_output_delta(Z, Y, output, loss, out_A, out_D, stats)
         rows = self._buffer(("rows",), (m, 2), np.float64)
         shapes = f"m={m} n={n}"
         kernel = f"output_delta_{output}_{loss}_{cs.suffix(Z.dtype)}"
@@ -114,16 +96,7 @@ class KernelOps(Backend):
     def delta_backward(
         self, D: Array, W: Array, A_prev: Array, activation: str, out: Array
     ) -> Array:
-        _name_in(activation, ACTIVATIONS, "activation")
-        m, n = D.shape
-        k = W.shape[0]
-        for name, arr, shape in (
-            ("D", D, (m, n)),
-            ("W", W, (k, n)),
-            ("A_prev", A_prev, (m, k)),
-            ("out", out, (m, k)),
-        ):
-            self._check(name, arr, shape, D.dtype)
+        m, k, n = self._check_delta_backward(D, W, A_prev, activation, out)
         kernel = f"delta_backward_{activation}_{cs.suffix(D.dtype)}"
         self._launch(
             kernel,
@@ -141,10 +114,12 @@ class KernelOps(Backend):
     def weight_update(
         self, A_prev: Array, D: Array, W: Array, b: Array, state: OptimizerState
     ) -> None:
+        self._check_weight_step(A_prev, D, W, b)
         self._advance(state)
         self._weight_step(A_prev, D, W, b, state)
 
     def weight_gradient(self, A_prev: Array, D: Array, out_W: Array, out_b: Array) -> None:
+        self._check_weight_step(A_prev, D, out_W, out_b, ("out_W", "out_b"))
         self._weight_step(A_prev, D, out_W, out_b, None)
 
     def _advance(self, state: OptimizerState) -> None:
@@ -157,17 +132,11 @@ class KernelOps(Backend):
     def _weight_step(
         self, A: Array, D: Array, W: Array, b: Array, state: OptimizerState | None
     ) -> None:
-        """W, b <- step(A^T D, sum_rows D): fused, or split over the batch for a small W."""
+        """W, b <- step(A^T D, sum_rows D): fused, or split over the batch for a small W.
+        The arguments have been checked."""
         m, k = A.shape
         n = D.shape[1]
         dtype = A.dtype
-        for name, arr, shape in (
-            ("A_prev", A, (m, k)),
-            ("D", D, (m, n)),
-            ("W", W, (k, n)),
-            ("b", b, (n,)),
-        ):
-            self._check(name, arr, shape, dtype)
         opt = state.optimizer if state is not None else None
         kind = cs.optimizer_kernel(opt)
         dummy = self._buffer(("dummy",), (1,), dtype)
@@ -206,10 +175,7 @@ class KernelOps(Backend):
         )
 
     def gather_rows(self, src: Array, index: Array, out: Array) -> Array:
-        rows, n = out.shape
-        self._check("src", src, (src.shape[0], n), out.dtype)
-        self._check("index", index, (rows,), np.dtype(np.int64))
-        self._check("out", out, (rows, n), out.dtype)
+        rows, n = self._check_gather_rows(src, index, out)
         self._launch(
             f"gather_rows_{cs.suffix(out.dtype)}",
             cs.element_geometry(rows * n),
@@ -277,11 +243,6 @@ class KernelOps(Backend):
         args = (A, W, b, ws.Z, ws.Y, ws.P, ws.D[-1], rows, i32(m), i32(k), i32(n))
         self._launch(kernel, cs.gemm_geometry(m, n), args, shapes)
         self._launch("row_stats_reduce", cs.reduce_geometry(), (rows, i32(m), stats), shapes)
-
-
-def _name_in(value: str, allowed: tuple[str, ...], argument: str) -> None:
-    if value not in allowed:
-        raise ValueError(f"{argument} must be one of {list(allowed)}; got {value!r}")
 
 
 class CupyBackend(KernelOps):

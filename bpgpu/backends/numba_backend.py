@@ -15,16 +15,10 @@ import numpy as np
 
 from bpgpu.backends import cuda_source as cs
 from bpgpu.backends.base import Array, Backend, BackendUnavailableError, OptimizerState
-from bpgpu.functions import ACTIVATIONS, COMBINATIONS, OUTPUTS, check_name
 
 
 def _blocks(n: int, per_block: int) -> int:
     return max(1, math.ceil(n / per_block))
-
-
-def _cols(a: Array) -> int:
-    """Columns of a matrix, -1 for anything else (the simulator's shapes take no negative index)."""
-    return a.shape[1] if a.ndim == 2 else -1
 
 
 class NumbaBackend(Backend):
@@ -129,13 +123,6 @@ class NumbaBackend(Backend):
             return bool(array.flags.c_contiguous)
         return bool(array.is_c_contiguous())
 
-    def _check_gemm(
-        self, act: str, dtype: np.dtype, **arrays: tuple[object, tuple[int, ...]]
-    ) -> None:
-        check_name(act, ACTIVATIONS, "activation")
-        for name, (array, shape) in arrays.items():
-            self._check(name, array, shape, dtype)
-
     # ---- fused ops ----------------------------------------------------------------------------
 
     def _gemm(
@@ -149,59 +136,31 @@ class NumbaBackend(Backend):
         )
 
     def dense_forward(self, X: Array, W: Array, b: Array, activation: str, out: Array) -> Array:
-        (m, k), n = X.shape, _cols(W)
-        self._check_gemm(
-            activation, X.dtype, X=(X, (m, k)), W=(W, (k, n)), b=(b, (n,)), out=(out, (m, n))
-        )
+        self._check_dense_forward(X, W, b, activation, out)
         self._gemm(X, W, False, False, b, out, activation, self._k.EPI_FORWARD, out)
         return out
 
     def delta_backward(
         self, D: Array, W: Array, A_prev: Array, activation: str, out: Array
     ) -> Array:
-        (m, n), k = D.shape, W.shape[0]
-        self._check_gemm(
-            activation,
-            D.dtype,
-            D=(D, (m, n)),
-            W=(W, (k, n)),
-            A_prev=(A_prev, (m, k)),
-            out=(out, (m, k)),
-        )
+        self._check_delta_backward(D, W, A_prev, activation, out)
         self._gemm(D, W, False, True, W[0], A_prev, activation, self._k.EPI_DERIVATIVE, out)
         return out
 
     def weight_gradient(self, A_prev: Array, D: Array, out_W: Array, out_b: Array) -> None:
-        (m, k), n = A_prev.shape, _cols(D)
-        self._check_gemm(
-            "identity",
-            D.dtype,
-            A_prev=(A_prev, (m, k)),
-            D=(D, (m, n)),
-            out_W=(out_W, (k, n)),
-            out_b=(out_b, (n,)),
-        )
+        _, _, n = self._check_weight_step(A_prev, D, out_W, out_b, ("out_W", "out_b"))
         self._gemm(A_prev, D, True, False, out_b, out_W, "identity", self._k.EPI_STORE, out_W)
-        n = D.shape[1]
         self._launch(self._k.column_sum, _blocks(n, 128), 128)(D, out_b)
 
     def output_forward(self, Z: Array, output: str, out: Array) -> Array:
-        check_name(output, OUTPUTS, "output")
-        m, n = Z.shape
-        self._check("Z", Z, (m, n), Z.dtype)
-        self._check("out", out, (m, n), Z.dtype)
+        m, _ = self._check_output_forward(Z, output, out)
         self._launch(self._k.output_forward, _blocks(m, 128), 128)(Z, self._k.OUT[output], out)
         return out
 
     def output_delta(
         self, Z: Array, Y: Array, output: str, loss: str, out_A: Array, out_D: Array, stats: Array
     ) -> None:
-        if (output, loss) not in COMBINATIONS:
-            raise ValueError(f"output={output!r} cannot be trained with loss={loss!r}")
-        m, n = Z.shape
-        for name, arr in (("Z", Z), ("Y", Y), ("out_A", out_A), ("out_D", out_D)):
-            self._check(name, arr, (m, n), Z.dtype)
-        self._check("stats", stats, (2,), np.dtype(np.float64))
+        m, _ = self._check_output_delta(Z, Y, output, loss, out_A, out_D, stats)
         k = self._k
         row_stats = self._row_stats.get(m)
         if row_stats is None:
@@ -214,8 +173,7 @@ class NumbaBackend(Backend):
     def weight_update(
         self, A_prev: Array, D: Array, W: Array, b: Array, state: OptimizerState
     ) -> None:
-        self._check("W", W, (_cols(A_prev), _cols(D)), D.dtype)
-        self._check("b", b, (_cols(D),), D.dtype)
+        self._check_weight_step(A_prev, D, W, b)
         scratch = state.scratch
         if not scratch:
             scratch.update(gW=self.empty(W.shape, W.dtype), gb=self.empty(b.shape, b.dtype))
@@ -247,10 +205,7 @@ class NumbaBackend(Backend):
         )
 
     def gather_rows(self, src: Array, index: Array, out: Array) -> Array:
-        m, n = out.shape
-        self._check("src", src, (src.shape[0], n), out.dtype)
-        self._check("index", index, (m,), np.dtype(np.int64))
-        self._check("out", out, (m, n), out.dtype)
+        m, n = self._check_gather_rows(src, index, out)
         grid, block = cs.element_geometry(m * n)
         self._launch(self._k.gather_rows, grid, block)(src, index, out)
         return out
