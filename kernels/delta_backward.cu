@@ -16,19 +16,7 @@ __device__ void delta_backward(const T* __restrict__ D, const T* __restrict__ W,
   const int row0 = block_row0(), col0 = block_col0();
   T acc[THREAD_M][THREAD_N], unused[THREAD_N];
   gemm_tile<T, false, true>(D, n, W, n, m, k, 0, n, row0, col0, acc, unused, false);
-#pragma unroll
-  for (int i = 0; i < THREAD_M; ++i) {
-    const int r = tile_row(row0, i);
-    if (r >= m) continue;
-#pragma unroll
-    for (int j = 0; j < THREAD_N; ++j) {
-      const int c = tile_col(col0, j);
-      if (c < k) {
-        const long long e = (long long)r * k + c;
-        out[e] = acc[i][j] * derivative<A>(A_prev[e]);
-      }
-    }
-  }
+  for_each_output(acc, row0, col0, m, k, [&](long long e, int, T v) { out[e] = v * derivative<A>(A_prev[e]); });
 }
 
 #define DELTA_BACKWARD_ENTRY(T, SUF, NAME, A)                                                          \

@@ -15,21 +15,8 @@ __device__ void dense_forward(const T* __restrict__ X, const T* __restrict__ W, 
   T acc[THREAD_M][THREAD_N], unused[THREAD_N];
   gemm_tile<T, false, false>(X, k, W, n, m, n, 0, k, row0, col0, acc, unused, false);
   T bias[THREAD_N];
-#pragma unroll
-  for (int j = 0; j < THREAD_N; ++j) {
-    const int c = tile_col(col0, j);
-    bias[j] = c < n ? b[c] : T(0);
-  }
-#pragma unroll
-  for (int i = 0; i < THREAD_M; ++i) {
-    const int r = tile_row(row0, i);
-    if (r >= m) continue;
-#pragma unroll
-    for (int j = 0; j < THREAD_N; ++j) {
-      const int c = tile_col(col0, j);
-      if (c < n) out[(long long)r * n + c] = activate<A>(acc[i][j] + bias[j]);
-    }
-  }
+  load_tile_bias(b, col0, n, bias);
+  for_each_output(acc, row0, col0, m, n, [&](long long e, int j, T v) { out[e] = activate<A>(v + bias[j]); });
 }
 
 #define DENSE_FORWARD_ENTRY(T, SUF, NAME, A)                                                     \

@@ -82,3 +82,30 @@ __device__ __forceinline__ int tile_row(int row0, int i) {
 __device__ __forceinline__ int tile_col(int col0, int j) {
   return col0 + (int)(threadIdx.x % GEMM_THREADS_N) + j * GEMM_THREADS_N;
 }
+
+// The epilogue walk: f(e, j, acc[i][j]) for each element (r, c) of the thread's register block
+// that lies inside the rows x cols output; e = r * cols + c is its row-major offset, j its slot.
+template <class T, class F>
+__device__ __forceinline__ void for_each_output(const T (&acc)[THREAD_M][THREAD_N], int row0, int col0, int rows,
+                                                int cols, F f) {
+#pragma unroll
+  for (int i = 0; i < THREAD_M; ++i) {
+    const int r = tile_row(row0, i);
+    if (r >= rows) continue;
+#pragma unroll
+    for (int j = 0; j < THREAD_N; ++j) {
+      const int c = tile_col(col0, j);
+      if (c < cols) f((long long)r * cols + c, j, acc[i][j]);
+    }
+  }
+}
+
+// bias[j] = b[tile_col(col0, j)] for the thread's columns inside n, 0 past it.
+template <class T>
+__device__ __forceinline__ void load_tile_bias(const T* __restrict__ b, int col0, int n, T (&bias)[THREAD_N]) {
+#pragma unroll
+  for (int j = 0; j < THREAD_N; ++j) {
+    const int c = tile_col(col0, j);
+    bias[j] = c < n ? b[c] : T(0);
+  }
+}

@@ -142,18 +142,8 @@ __device__ void dense_output_delta(const T* __restrict__ A_prev, const T* __rest
   T acc[THREAD_M][THREAD_N], unused[THREAD_N];
   gemm_tile<T, false, false>(A_prev, k, W, n, m, n, 0, k, row0, 0, acc, unused, false);
   T bias[THREAD_N];
-#pragma unroll
-  for (int j = 0; j < THREAD_N; ++j) bias[j] = tile_col(0, j) < n ? b[tile_col(0, j)] : T(0);
-#pragma unroll
-  for (int i = 0; i < THREAD_M; ++i) {
-    const int r = tile_row(row0, i);
-    if (r >= m) continue;
-#pragma unroll
-    for (int j = 0; j < THREAD_N; ++j) {
-      const int c = tile_col(0, j);
-      if (c < n) Z[(long long)r * n + c] = acc[i][j] + bias[j];
-    }
-  }
+  load_tile_bias(b, 0, n, bias);
+  for_each_output(acc, row0, 0, m, n, [&](long long e, int j, T v) { Z[e] = v + bias[j]; });
   __syncthreads();
   const int r = row0 + (int)threadIdx.x;
   if (threadIdx.x < TILE_M && r < m) output_delta_row<T, O, L>(r, Z, Y, A, D, rows, m, n);

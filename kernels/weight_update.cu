@@ -25,16 +25,8 @@ __device__ void weight_update(const T* __restrict__ A, const T* __restrict__ D, 
   const bool bias_block = row0 == 0;
   T acc[THREAD_M][THREAD_N], colsum[THREAD_N];
   gemm_tile<T, true, false>(A, k, D, n, k, n, 0, m, row0, col0, acc, colsum, bias_block);
-#pragma unroll
-  for (int i = 0; i < THREAD_M; ++i) {
-    const int r = tile_row(row0, i);
-    if (r >= k) continue;
-#pragma unroll
-    for (int j = 0; j < THREAD_N; ++j) {
-      const int c = tile_col(col0, j);
-      if (c < n) opt_apply_weight<T, O>(W, (long long)r * n + c, acc[i][j], sW1, sW2, o);
-    }
-  }
+  for_each_output(acc, row0, col0, k, n,
+                  [&](long long e, int, T g) { opt_apply_weight<T, O>(W, e, g, sW1, sW2, o); });
   if (bias_block && threadIdx.x < GEMM_THREADS_N) {
 #pragma unroll
     for (int j = 0; j < THREAD_N; ++j) {
@@ -55,16 +47,7 @@ __device__ void weight_partial(const T* __restrict__ A, const T* __restrict__ D,
   T acc[THREAD_M][THREAD_N], colsum[THREAD_N];
   gemm_tile<T, true, false>(A, k, D, n, k, n, kb, ke, row0, col0, acc, colsum, bias_block);
   T* Wz = partW + (long long)z * k * n;
-#pragma unroll
-  for (int i = 0; i < THREAD_M; ++i) {
-    const int r = tile_row(row0, i);
-    if (r >= k) continue;
-#pragma unroll
-    for (int j = 0; j < THREAD_N; ++j) {
-      const int c = tile_col(col0, j);
-      if (c < n) Wz[(long long)r * n + c] = acc[i][j];
-    }
-  }
+  for_each_output(acc, row0, col0, k, n, [&](long long e, int, T g) { Wz[e] = g; });
   if (bias_block && threadIdx.x < GEMM_THREADS_N) {
 #pragma unroll
     for (int j = 0; j < THREAD_N; ++j) {
