@@ -5,10 +5,12 @@ Outputs are poisoned with NaN before the op runs, so an element it fails to writ
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 
-from bpgpu.backends.numpy_backend import NumpyBackend
+from bpgpu.backends.numpy_backend import NumpyBackend, _block_rows
 from bpgpu.functions import ACTIVATIONS, COMBINATIONS, OUTPUTS
 
 SHAPES = [(1, 1, 1), (3, 7, 2), (33, 31, 129), (129, 127, 3), (300, 5, 1000)]
@@ -81,9 +83,18 @@ def close(got: np.ndarray, want: np.ndarray, dtype) -> None:
     )
 
 
-@pytest.fixture(scope="module")
-def xp() -> NumpyBackend:
-    return NumpyBackend()
+@pytest.fixture(scope="module", params=[1, 3], ids=["1 thread", "3 threads"])
+def xp(request: pytest.FixtureRequest) -> Iterator[NumpyBackend]:
+    """The backend on one thread, and inside a parallel step with every op's rows split across
+    3 threads however small (uneven parts, and fewer rows than threads when m < 3)."""
+    yield from threaded(NumpyBackend(threads=request.param))
+
+
+def threaded(xp: NumpyBackend) -> Iterator[NumpyBackend]:
+    """``xp`` inside a step that splits every op across its threads."""
+    xp.rows.min_op_elements = 0
+    with xp.rows.parallel(xp.rows.min_step_elements):
+        yield xp
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -102,9 +113,10 @@ def test_dense_forward(xp, rng, act, m, k, n, dtype):
 
 
 def test_dense_forward_large_rows_crosses_blocks(xp, rng):
-    # more rows than one cache block, so every block boundary is covered
-    X, W, b = rng.normal(size=(5000, 33)), rng.normal(size=(33, 17)), rng.normal(size=17)
-    out = nan_like((5000, 17), np.float64)
+    # more rows than one cache block per thread, so block boundaries within a part are covered
+    m = 4 * _block_rows(33 + 17) + 5
+    X, W, b = rng.normal(size=(m, 33)), rng.normal(size=(33, 17)), rng.normal(size=17)
+    out = nan_like((m, 17), np.float64)
     xp.dense_forward(X, W, b, "tanh", out)
     close(out, np.tanh(X @ W + b), np.float64)
 

@@ -53,10 +53,13 @@ class Reference:
         return P - o.lr * m_hat / (np.sqrt(v_hat) + o.eps)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("opt", OPTIMIZERS, ids=repr)
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (5, 3, 7), (33, 129, 10)])
-def test_update_rule_over_several_steps(rng, opt, m, k, n):
-    xp = NumpyBackend()
+def test_update_rule_over_several_steps(rng, opt, m, k, n, threads):
+    # threads=3: gradient and update split across threads however small the arrays
+    xp = NumpyBackend(threads=threads)
+    xp.rows.min_op_elements = 0
     W, b = rng.normal(size=(k, n)), rng.normal(size=n)
     state = xp.optimizer_state(opt, W, b)
     refW, refb = Reference(opt, W.shape, decay=True), Reference(opt, b.shape, decay=False)
@@ -65,7 +68,8 @@ def test_update_rule_over_several_steps(rng, opt, m, k, n):
         A, D = rng.normal(size=(m, k)), rng.normal(size=(m, n))
         W_want = refW.step(W_want, A.T @ D)
         b_want = refb.step(b_want, D.sum(axis=0))
-        xp.weight_update(A, D, W, b, state)
+        with xp.rows.parallel(xp.rows.min_step_elements):
+            xp.weight_update(A, D, W, b, state)
     assert state.t == STEPS
     np.testing.assert_allclose(W, W_want, rtol=1e-11, atol=1e-12)
     np.testing.assert_allclose(b, b_want, rtol=1e-11, atol=1e-12)

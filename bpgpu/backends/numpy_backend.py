@@ -1,35 +1,57 @@
 """The NumPy backend: the reference every other backend is tested against.
 
-Each op is the math of backpropagation written out once, batched over rows. Elementwise work
-runs over blocks of rows small enough to stay in the CPU cache (the CPU version of a fused
-kernel's epilogue), and every result goes into a buffer the caller allocated once.
+Each op is the math of backpropagation written out once, batched over rows. A large op's rows
+are split across CPU threads (``RowThreads``); each thread walks its rows in blocks small enough
+to stay in the CPU cache, running the matrix product and then the elementwise work on the block
+(the CPU version of a fused kernel's epilogue). Every result goes into a buffer the caller
+allocated once.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from bpgpu.backends.base import Array, Backend, OptimizerState
+from bpgpu.backends.base import Array, Backend, Network, OptimizerState, Workspace
+from bpgpu.backends.row_threads import MIN_STEP_ELEMENTS, RowThreads
 from bpgpu.optimizers import Optimizer
 
-#: elements per row block for the elementwise epilogues (1 MiB of float32: measured best of
-#: 2^14..2^20 on the issue-2 shapes, bench/results/cpu/issue2/NOTES.md)
-_BLOCK_ELEMENTS = 1 << 18
+#: elements of a row block, its input and output rows together (2 MiB of float32: measured
+#: best of 2^17..2^20 on the issue-2 shapes, bench/results/cpu/issue2/NOTES.md)
+_BLOCK_ELEMENTS = 1 << 19
 #: optimizer state is flushed of subnormal numbers every this many updates (see _flush)
 _FLUSH_EVERY = 64
 
 
-def _block(rows: int, width: int):
-    """Row slices covering ``rows`` rows of ``width`` elements, a cache-sized block each."""
-    step = max(256, _BLOCK_ELEMENTS // max(width, 1))
-    for start in range(0, rows, step):
-        yield slice(start, min(start + step, rows))
+def _block_rows(width: int) -> int:
+    """Rows in a cache-sized block of rows ``width`` elements wide."""
+    return max(256, _BLOCK_ELEMENTS // max(width, 1))
+
+
+def _block(rows: slice, width: int):
+    """Row slices covering ``rows`` of ``width`` elements each, a cache-sized block each."""
+    step = _block_rows(width)
+    for start in range(rows.start, rows.stop, step):
+        yield slice(start, min(start + step, rows.stop))
+
+
+_ZEROS: dict[np.dtype, np.ndarray] = {}
+
+
+def _zeros_like(z: np.ndarray) -> np.ndarray:
+    """A read-only array of zeros shaped like ``z``."""
+    flat = _ZEROS.get(z.dtype)
+    if flat is None or flat.size < z.size:
+        flat = np.zeros(max(z.size, _BLOCK_ELEMENTS), z.dtype)
+        flat.flags.writeable = False
+        _ZEROS[z.dtype] = flat
+    return flat[: z.size].reshape(z.shape)
 
 
 def _activate(z: np.ndarray, activation: str) -> None:
     """z <- f(z) in place."""
     if activation == "relu":
-        np.maximum(z, 0, out=z)
+        # (against an array of zeros NumPy's maximum is about 5x faster than against 0)
+        np.maximum(z, _zeros_like(z), out=z)
     elif activation == "sigmoid":
         # sigmoid(z) = 1 / (1 + e^-z); e^-z overflowing to inf gives the right limit 0.
         # (NumPy's exp is about 1.5x faster than its tanh in float32.)
@@ -72,8 +94,9 @@ def _row_max(M: np.ndarray) -> np.ndarray:
 
 
 def _row_argmax(M: np.ndarray) -> np.ndarray:
-    """The first column holding each row's maximum, as ``M.argmax(axis=1)``."""
-    if M.shape[1] > 32:
+    """The first column holding each row's maximum, as ``M.argmax(axis=1)`` (which is slower
+    for rows of up to 3 elements: measured 4096 and 65536 rows of 2..16)."""
+    if M.shape[1] > 3:
         return M.argmax(axis=1)
     best = M[:, 0].copy()
     index = np.zeros(M.shape[0], dtype=np.intp)
@@ -102,8 +125,34 @@ def _softplus(z: np.ndarray) -> np.ndarray:
 class NumpyBackend(Backend):
     name = "numpy"
 
-    def __init__(self) -> None:
+    def __init__(
+        self, threads: int | None = None, min_step_elements: int = MIN_STEP_ELEMENTS
+    ) -> None:
+        """``threads``: how many CPU threads a large step's ops split their rows across (None:
+        as many as BLAS uses); a step whose widest activation has fewer than
+        ``min_step_elements`` elements runs on one."""
         self._ones_cache: dict[tuple[int, np.dtype], np.ndarray] = {}
+        self.rows = RowThreads(threads, min_step_elements)
+
+    def describe(self) -> dict[str, str]:
+        return {**super().describe(), "threads": self.rows.describe()}
+
+    def train_step(
+        self,
+        net: Network,
+        ws: Workspace,
+        X: Array,
+        Y: Array,
+        index: Array,
+        states: list[OptimizerState],
+        stats: Array,
+    ) -> None:
+        with self.rows.parallel(ws.rows * max(max(W.shape) for W in net.W)):
+            super().train_step(net, ws, X, Y, index, states, stats)
+
+    def forward(self, net: Network, X: Array, ws: Workspace) -> Array:
+        with self.rows.parallel(ws.rows * max(max(W.shape) for W in net.W)):
+            return super().forward(net, X, ws)
 
     # ---- memory -----------------------------------------------------------------------------
 
@@ -129,11 +178,19 @@ class NumpyBackend(Backend):
 
     def dense_forward(self, X: Array, W: Array, b: Array, activation: str, out: Array) -> Array:
         # Z = X W + b, A = f(Z), a block of rows at a time so the epilogue finds Z in cache
-        for rows in _block(out.shape[0], max(X.shape[1], out.shape[1])):
-            z = out[rows]
-            np.matmul(X[rows], W, out=z)
-            z += b
-            _activate(z, activation)
+        m, width = out.shape[0], X.shape[1] + out.shape[1]
+        # b repeated down a block's rows: adding it is ~3x faster than broadcasting b each block
+        bias = np.empty((min(m, _block_rows(width)), b.shape[0]), b.dtype)
+        bias[...] = b
+
+        def rows(part: slice) -> None:
+            for block in _block(part, width):
+                z = out[block]
+                np.matmul(X[block], W, out=z)
+                z += bias[: z.shape[0]]
+                _activate(z, activation)
+
+        self.rows.run(rows, m, m * width)
         return out
 
     def output_forward(self, Z: Array, output: str, out: Array) -> Array:
@@ -153,54 +210,87 @@ class NumpyBackend(Backend):
         self, Z: Array, Y: Array, output: str, loss: str, out_A: Array, out_D: Array, stats: Array
     ) -> None:
         m, n = Z.shape
-        ones = self._ones(n, Z.dtype)
+        parts = self.rows.run(
+            lambda r: self._output_delta_rows(
+                Z[r], Y[r], output, loss, out_A[r], out_D[r], 1.0 / m
+            ),
+            m,
+            4 * m * n,
+        )
+        stats[0] += sum(total for total, _ in parts)
+        stats[1] += sum(correct for _, correct in parts)
+
+    def _output_delta_rows(
+        self, Z: Array, Y: Array, output: str, loss: str, A: Array, D: Array, scale: float
+    ) -> tuple[float, int]:
+        """output_delta on some of the batch's rows, D scaled by ``scale`` (1 / batch size);
+        returns those rows' summed loss and correct count."""
+        ones = self._ones(Z.shape[1], Z.dtype)
         if output == "softmax" and loss == "cross_entropy":
             # per sample: -sum_j y_j log p_j with log p_j = (z_j - max z) - log s,
             # s = sum_k e^(z_k - max z); dL/dz = p - y
-            A = out_A
             np.subtract(Z, _row_max(Z)[:, None], out=A)
             total = -float(np.vdot(Y, A))
             np.exp(A, out=A)
             s = A @ ones
             A /= s[:, None]
             total += float(np.dot(np.log(s), Y @ ones))
-            np.subtract(A, Y, out=out_D)
+            np.subtract(A, Y, out=D)
         else:
-            A = self.output_forward(Z, output, out_A)
-            np.subtract(A, Y, out=out_D)  # a - y
+            self.output_forward(Z, output, A)
+            np.subtract(A, Y, out=D)  # a - y
             if output == "sigmoid" and loss == "cross_entropy":
                 # per sample: -sum_j y log a + (1-y) log(1-a) = sum_j softplus(z) - y z;
                 # dL/dz = a - y
                 total = float(np.sum(_softplus(Z), dtype=np.float64)) - float(np.vdot(Y, Z))
             elif loss == "mse":
                 # per sample: 1/2 sum_j (a_j - y_j)^2; dL/dz = J^T (a - y), J the output's Jacobian
-                total = 0.5 * float(np.vdot(out_D, out_D))
+                total = 0.5 * float(np.vdot(D, D))
                 if output == "sigmoid":
-                    _times_derivative(out_D, A, "sigmoid")
+                    _times_derivative(D, A, "sigmoid")
                 elif output == "softmax":  # J = diag(p) - p p^T: g <- p * (g - <p, g>)
-                    out_D -= ((A * out_D) @ ones)[:, None]
-                    out_D *= A
+                    D -= ((A * D) @ ones)[:, None]
+                    D *= A
             else:
                 raise ValueError(f"output={output!r} cannot be trained with loss={loss!r}")
-        out_D *= 1.0 / m
-        stats[0] += total
-        stats[1] += _count_correct(A, Y, output)
+        D *= scale
+        return total, _count_correct(A, Y, output)
 
     def delta_backward(
         self, D: Array, W: Array, A_prev: Array, activation: str, out: Array
     ) -> Array:
         # D_prev = (D W^T) * f'(A_prev), a block of rows at a time
-        for rows in _block(out.shape[0], max(D.shape[1], out.shape[1])):
-            d = out[rows]
-            np.matmul(D[rows], W.T, out=d)
-            _times_derivative(d, A_prev[rows], activation)
+        width = D.shape[1] + 2 * out.shape[1]
+
+        def rows(part: slice) -> None:
+            for block in _block(part, width):
+                d = out[block]
+                np.matmul(D[block], W.T, out=d)
+                _times_derivative(d, A_prev[block], activation)
+
+        self.rows.run(rows, out.shape[0], out.shape[0] * width)
         return out
 
     def weight_gradient(self, A_prev: Array, D: Array, out_W: Array, out_b: Array) -> None:
         # dW = A^T D, db = sum over the batch of D (as 1^T D: a matrix-vector product is much
-        # faster than NumPy's reduction along the long axis)
-        np.matmul(A_prev.T, D, out=out_W)
-        np.matmul(self._ones(D.shape[0], D.dtype), D, out=out_b)
+        # faster than NumPy's reduction along the long axis). Split across threads, each sums
+        # its own rows; the partial sums are added in a fixed order.
+        m = D.shape[0]
+        parts = self.rows.split(m, m * (A_prev.shape[1] + D.shape[1]))
+        sums = [(out_W, out_b)] + [
+            (np.empty_like(out_W), np.empty_like(out_b)) for _ in range(1, len(parts))
+        ]
+        ones = self._ones(m, D.dtype)
+
+        def rows(i: int) -> None:
+            r = parts[i]
+            np.matmul(A_prev[r].T, D[r], out=sums[i][0])
+            np.matmul(ones[r], D[r], out=sums[i][1])
+
+        self.rows.map(rows, range(len(parts)))
+        for gW, gb in sums[1:]:
+            out_W += gW
+            out_b += gb
 
     def _ones(self, n: int, dtype: np.dtype) -> np.ndarray:
         key = (n, np.dtype(dtype))
@@ -217,19 +307,35 @@ class NumpyBackend(Backend):
             scratch.update(
                 gW=np.empty_like(W), gb=np.empty_like(b), tW=np.empty_like(W), tb=np.empty_like(b)
             )
-        self.weight_gradient(A_prev, D, scratch["gW"], scratch["gb"])
+        gW, tW = scratch["gW"], scratch["tW"]
+        self.weight_gradient(A_prev, D, gW, scratch["gb"])
         state.t += 1
-        opt = state.optimizer
-        if opt.weight_decay:
-            scratch["gW"] += opt.weight_decay * W  # L2 on the weights only
-        _apply(opt, W, scratch["gW"], state.W, scratch["tW"], state.t)
-        _apply(opt, b, scratch["gb"], state.b, scratch["tb"], state.t)
-        if state.t % _FLUSH_EVERY == 0:
+        opt, t = state.optimizer, state.t
+
+        def rows(r: slice) -> None:
+            if opt.weight_decay:
+                gW[r] += opt.weight_decay * W[r]  # L2 on the weights only
+            _apply(opt, W[r], gW[r], {k: v[r] for k, v in state.W.items()}, tW[r], t)
+
+        self.rows.run(rows, W.shape[0], W.size * (3 + len(state.W)))
+        _apply(opt, b, scratch["gb"], state.b, scratch["tb"], t)
+        if t % _FLUSH_EVERY == 0:
             for slot in (*state.W.values(), *state.b.values()):
                 _flush(slot)
 
     def gather_rows(self, src: Array, index: Array, out: Array) -> Array:
-        return np.take(src, index, axis=0, out=out)
+        n = src.shape[0]
+        if index.size and (index.min() < 0 or index.max() >= n):
+            bad = index[(index < 0) | (index >= n)][0]
+            raise IndexError(f"index holds {bad}: expected row numbers in [0, {n})")
+        # mode="clip" changes nothing after the check above; NumPy's default mode would write
+        # into a temporary and copy it to out, twice the memory traffic.
+        self.rows.run(
+            lambda r: np.take(src, index[r], axis=0, out=out[r], mode="clip"),
+            out.shape[0],
+            2 * out.size,
+        )
+        return out
 
 
 def _apply(
