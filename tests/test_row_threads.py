@@ -3,7 +3,10 @@ thread and given back, worker errors and np.errstate carried to the caller."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -119,3 +122,25 @@ def test_threads_must_be_positive():
 
 def test_describe_says_how_many_threads():
     assert NumpyBackend(threads=3).describe()["threads"].startswith("3 (")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork() of a threaded process
+def test_a_forked_child_gets_its_own_threads():
+    rows = RowThreads(threads=2)
+    assert rows.map(abs, [-1, -2]) == [1, 2]  # the parent's pool now exists
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's pool has no threads here
+        code = 1
+        try:
+            code = 0 if rows.map(abs, [-3, -4]) == [3, 4] else 1
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 20
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung waiting for the parent's worker threads")
+    assert os.waitstatus_to_exitcode(done[1]) == 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -60,6 +61,8 @@ class RowThreads:
         self._blas = _blas_controller()
         self._pool: ThreadPoolExecutor | None = None
         self._workers = 0
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
         self._local = threading.local()  # .active: threads of the step this thread is in
 
     @property
@@ -112,16 +115,21 @@ class RowThreads:
         """
         if len(items) == 1:
             return [fn(items[0])]
-        if self._pool is None or self._workers < len(items) - 1:
-            if self._pool is not None:
-                self._pool.shutdown(wait=False)
-            self._workers = len(items) - 1
-            self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="bpgpu-rows")
-        futures = [
-            self._pool.submit(contextvars.copy_context().run, fn, item) for item in items[1:]
-        ]
+        pool = self._pool_of(len(items) - 1)
+        futures = [pool.submit(contextvars.copy_context().run, fn, item) for item in items[1:]]
         try:
             first = fn(items[0])
         finally:  # never return while a worker may still write into the caller's arrays
             wait(futures)
         return [first, *(f.result() for f in futures)]
+
+    def _pool_of(self, workers: int) -> ThreadPoolExecutor:
+        """A pool of at least ``workers`` threads, made again in a forked child (whose copy of
+        the pool has no threads)."""
+        with self._lock:
+            if self._pool is None or self._workers < workers or self._pid != os.getpid():
+                if self._pool is not None and self._pid == os.getpid():
+                    self._pool.shutdown(wait=False)
+                self._pool = ThreadPoolExecutor(workers, thread_name_prefix="bpgpu-rows")
+                self._workers, self._pid = workers, os.getpid()
+            return self._pool
