@@ -25,6 +25,7 @@ where a GPU launcher must guard memory safety itself.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -298,12 +299,18 @@ class Backend(ABC):
             D=[e((rows, n), dtype) for n in sizes[1:]],
         )
 
+    def step_scope(self, net: Network, ws: Workspace) -> AbstractContextManager[None]:
+        """What a training step or a forward pass of ``ws.rows`` samples runs inside (the NumPy
+        backend spreads a large one across CPU threads); nothing by default."""
+        return nullcontext()
+
     def forward(self, net: Network, X: Array, ws: Workspace) -> Array:
         """Logits of the last layer for the batch X (``ws.rows`` samples); returns ``ws.Z``."""
-        A = X
-        for l, act in enumerate(net.activations):
-            A = self.dense_forward(A, net.W[l], net.b[l], act, ws.A[l])
-        return self.dense_forward(A, net.W[-1], net.b[-1], "identity", ws.Z)
+        with self.step_scope(net, ws):
+            A = X
+            for l, act in enumerate(net.activations):
+                A = self.dense_forward(A, net.W[l], net.b[l], act, ws.A[l])
+            return self.dense_forward(A, net.W[-1], net.b[-1], "identity", ws.Z)
 
     def backward(
         self,
@@ -338,11 +345,12 @@ class Backend(ABC):
         stats: Array,
     ) -> None:
         """One step of minibatch training on the rows ``index`` of X and Y."""
-        self.gather_rows(X, index, ws.X)
-        self.gather_rows(Y, index, ws.Y)
-        self.forward(net, ws.X, ws)
-        self.output_delta(ws.Z, ws.Y, net.output, net.loss, ws.P, ws.D[-1], stats)
-        self.backward(net, ws, states)
+        with self.step_scope(net, ws):
+            self.gather_rows(X, index, ws.X)
+            self.gather_rows(Y, index, ws.Y)
+            self.forward(net, ws.X, ws)
+            self.output_delta(ws.Z, ws.Y, net.output, net.loss, ws.P, ws.D[-1], stats)
+            self.backward(net, ws, states)
 
 
 _KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))

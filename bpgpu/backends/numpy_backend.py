@@ -9,6 +9,8 @@ allocated once.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+
 import numpy as np
 
 from bpgpu.backends.base import Array, Backend, Network, OptimizerState, Workspace
@@ -137,22 +139,9 @@ class NumpyBackend(Backend):
     def describe(self) -> dict[str, str]:
         return {**super().describe(), "threads": self.rows.describe()}
 
-    def train_step(
-        self,
-        net: Network,
-        ws: Workspace,
-        X: Array,
-        Y: Array,
-        index: Array,
-        states: list[OptimizerState],
-        stats: Array,
-    ) -> None:
-        with self.rows.parallel(ws.rows * max(max(W.shape) for W in net.W)):
-            super().train_step(net, ws, X, Y, index, states, stats)
-
-    def forward(self, net: Network, X: Array, ws: Workspace) -> Array:
-        with self.rows.parallel(ws.rows * max(max(W.shape) for W in net.W)):
-            return super().forward(net, X, ws)
+    def step_scope(self, net: Network, ws: Workspace) -> AbstractContextManager[None]:
+        # threads for a step whose widest activation is large enough (RowThreads.parallel)
+        return self.rows.parallel(ws.rows * max(max(W.shape) for W in net.W))
 
     # ---- memory -----------------------------------------------------------------------------
 
