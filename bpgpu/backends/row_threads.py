@@ -77,7 +77,8 @@ class RowThreads:
     def describe(self) -> str:
         if self._threads is None and self._blas is None:
             return "1 (install threadpoolctl, the 'cpu' extra, to use every core)"
-        return f"{self.threads} (steps with {self.min_step_elements} activations or more)"
+        widest = self.min_step_elements
+        return f"{self.threads} (for steps whose widest activation has {widest} elements or more)"
 
     @contextlib.contextmanager
     def parallel(self, elements: int) -> Iterator[None]:
