@@ -55,9 +55,10 @@ class Reference:
 
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("opt", OPTIMIZERS, ids=repr)
-@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (5, 3, 7), (33, 129, 10)])
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (5, 3, 7), (33, 129, 10), (2, 600, 1000)])
 def test_update_rule_over_several_steps(rng, opt, m, k, n, threads):
-    # threads=3: gradient and update split across threads however small the arrays
+    # threads=3: gradient and update split across threads however small the arrays;
+    # 600 x 1000: the update walks W in several cache-sized row blocks
     xp = NumpyBackend(threads=threads)
     xp.rows.min_op_elements = 0
     W, b = rng.normal(size=(k, n)), rng.normal(size=n)

@@ -24,14 +24,19 @@ _BLOCK_ELEMENTS = 1 << 19
 _FLUSH_EVERY = 64
 
 
-def _block_rows(width: int) -> int:
-    """Rows in a cache-sized block of rows ``width`` elements wide."""
-    return max(256, _BLOCK_ELEMENTS // max(width, 1))
+#: rows of a block that starts with a matrix product: over fewer rows it packs W again too often
+#: (1024 x 1024 x 1024: 14.3 ms in 256-row blocks, 12.7-13.2 ms in one)
+_MIN_PRODUCT_ROWS = 1024
 
 
-def _block(rows: slice, width: int):
+def _block_rows(width: int, min_rows: int = _MIN_PRODUCT_ROWS) -> int:
+    """Rows in a cache-sized block of rows ``width`` elements wide, at least ``min_rows``."""
+    return max(min_rows, _BLOCK_ELEMENTS // max(width, 1))
+
+
+def _block(rows: slice, width: int, min_rows: int = _MIN_PRODUCT_ROWS):
     """Row slices covering ``rows`` of ``width`` elements each, a cache-sized block each."""
-    step = _block_rows(width)
+    step = _block_rows(width, min_rows)
     for start in range(rows.start, rows.stop, step):
         yield slice(start, min(start + step, rows.stop))
 
@@ -168,9 +173,10 @@ class NumpyBackend(Backend):
     def dense_forward(self, X: Array, W: Array, b: Array, activation: str, out: Array) -> Array:
         # Z = X W + b, A = f(Z), a block of rows at a time so the epilogue finds Z in cache
         m, width = out.shape[0], X.shape[1] + out.shape[1]
-        # b repeated down a block's rows: adding it is ~3x faster than broadcasting b each block
-        bias = np.empty((min(m, _block_rows(width)), b.shape[0]), b.dtype)
-        bias[...] = b
+        step = _block_rows(width)
+        bias = np.broadcast_to(b, (min(m, step), b.shape[0]))
+        if m > step:  # several blocks: b copied down a block's rows once adds ~2x faster
+            bias = bias.copy()
 
         def rows(part: slice) -> None:
             for block in _block(part, width):
@@ -301,12 +307,15 @@ class NumpyBackend(Backend):
         state.t += 1
         opt, t = state.optimizer, state.t
 
-        def rows(r: slice) -> None:
-            if opt.weight_decay:
-                gW[r] += opt.weight_decay * W[r]  # L2 on the weights only
-            _apply(opt, W[r], gW[r], {k: v[r] for k, v in state.W.items()}, tW[r], t)
+        width = W.shape[1] * (3 + len(state.W))  # W, its gradient, scratch and the slots
 
-        self.rows.run(rows, W.shape[0], W.size * (3 + len(state.W)))
+        def rows(part: slice) -> None:
+            for r in _block(part, width, min_rows=1):  # 1.3x faster for 1024 x 1024
+                if opt.weight_decay:
+                    gW[r] += opt.weight_decay * W[r]  # L2 on the weights only
+                _apply(opt, W[r], gW[r], {k: v[r] for k, v in state.W.items()}, tW[r], t)
+
+        self.rows.run(rows, W.shape[0], W.shape[0] * width)
         _apply(opt, b, scratch["gb"], state.b, scratch["tb"], t)
         if t % _FLUSH_EVERY == 0:
             for slot in (*state.W.values(), *state.b.values()):
