@@ -222,6 +222,16 @@ def test_gather_rows(xp, rng, m, n):
     np.testing.assert_array_equal(out, src[index])
 
 
+@pytest.mark.parametrize("bad", [-1, 50, 10**9])
+def test_gather_rows_rejects_an_index_out_of_range_and_leaves_out_as_it_was(xp, rng, bad):
+    src = rng.normal(size=(50, 3))
+    index = np.array([0, 49, bad, 7], dtype=np.int64)
+    out = nan_like((4, 3), np.float64)
+    with pytest.raises(IndexError, match=rf"index holds {bad}: expected row numbers in \[0, 50\)"):
+        xp.gather_rows(src, index, out)
+    assert np.isnan(out).all()
+
+
 def test_memory_helpers(xp, rng):
     a = rng.normal(size=(3, 5))
     d = xp.asarray(a, np.dtype(np.float32))
