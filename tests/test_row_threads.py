@@ -144,3 +144,16 @@ def test_a_forked_child_gets_its_own_threads():
         os.waitpid(pid, 0)
         pytest.fail("the forked child hung waiting for the parent's worker threads")
     assert os.waitstatus_to_exitcode(done[1]) == 0
+
+
+def test_a_split_weight_gradient_keeps_its_partial_sums_with_the_optimizer_state(rng):
+    # made on the first step, reused by the next: a step allocates nothing
+    xp = backend(3)
+    W, b = rng.normal(size=(4, 6)), rng.normal(size=6)
+    state = xp.optimizer_state(bpgpu.SGD(lr=0.1), W, b)
+    kept = {}
+    for _ in range(2):
+        with xp.rows.parallel(0):
+            xp.weight_update(rng.normal(size=(9, 4)), rng.normal(size=(9, 6)), W, b, state)
+        assert {"gW1", "gb1", "gW2", "gb2"} <= state.scratch.keys()
+        assert all(kept.setdefault(k, v) is v for k, v in state.scratch.items())

@@ -174,8 +174,9 @@ class Backend(ABC):
     def gather_rows(self, src: Array, index: Array, out: Array) -> Array:
         """out = src[index] (rows), index an int64 array on this backend.
 
-        The values are not checked (that would cost the GPU backends a round trip to the host
-        every step): the GPU kernels write a row of NaN for an index outside [0, rows).
+        The GPU backends do not check the values (that would cost a round trip to the host
+        every step): their kernels write a row of NaN for an index outside [0, rows). The NumPy
+        backend raises IndexError naming the bad value and leaves ``out`` as it was.
         """
 
     # ---- argument checks for the kernel backends (their kernels do not bounds-check) --------

@@ -267,14 +267,23 @@ class NumpyBackend(Backend):
         return out
 
     def weight_gradient(self, A_prev: Array, D: Array, out_W: Array, out_b: Array) -> None:
+        self._weight_gradient(A_prev, D, out_W, out_b, {})
+
+    def _weight_gradient(
+        self, A_prev: Array, D: Array, out_W: Array, out_b: Array, partials: dict[str, Array]
+    ) -> None:
+        """weight_gradient, the partial sums of threads past the first kept in ``partials``
+        (``gW1``, ``gb1``, ...: made on first use, so a step allocates nothing)."""
         # dW = A^T D, db = sum over the batch of D (as 1^T D: a matrix-vector product is much
         # faster than NumPy's reduction along the long axis). Split across threads, each sums
         # its own rows; the partial sums are added in a fixed order.
         m = D.shape[0]
         parts = self.rows.split(m, m * (A_prev.shape[1] + D.shape[1]))
-        sums = [(out_W, out_b)] + [
-            (np.empty_like(out_W), np.empty_like(out_b)) for _ in range(1, len(parts))
-        ]
+        sums = [(out_W, out_b)]
+        for i in range(1, len(parts)):
+            if f"gW{i}" not in partials:
+                partials.update({f"gW{i}": np.empty_like(out_W), f"gb{i}": np.empty_like(out_b)})
+            sums.append((partials[f"gW{i}"], partials[f"gb{i}"]))
         ones = self._ones(m, D.dtype)
 
         def rows(i: int) -> None:
@@ -303,7 +312,7 @@ class NumpyBackend(Backend):
                 gW=np.empty_like(W), gb=np.empty_like(b), tW=np.empty_like(W), tb=np.empty_like(b)
             )
         gW, tW = scratch["gW"], scratch["tW"]
-        self.weight_gradient(A_prev, D, gW, scratch["gb"])
+        self._weight_gradient(A_prev, D, gW, scratch["gb"], scratch)
         state.t += 1
         opt, t = state.optimizer, state.t
 
