@@ -115,9 +115,14 @@ def test_errstate_reaches_the_worker_threads():
         assert np.isinf(rows.map(np.exp, parts)[1]).all()
 
 
-def test_threads_must_be_positive():
-    with pytest.raises(ValueError, match="threads must be at least 1"):
+def test_threads_must_be_a_positive_integer():
+    with pytest.raises(ValueError, match="threads must be at least 1; got 0"):
         NumpyBackend(threads=0)
+    for bad in (2.5, "2", True):
+        with pytest.raises(TypeError, match="threads must be an integer"):
+            NumpyBackend(threads=bad)
+    with pytest.raises(ValueError, match="min_step_elements must be at least 0; got -1"):
+        NumpyBackend(min_step_elements=-1)
 
 
 def test_describe_says_how_many_threads():

@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
+from bpgpu.validation import check_int
+
 T = TypeVar("T")
 
 #: a step runs on several threads when its widest activation has this many elements (measured
@@ -53,10 +55,8 @@ class RowThreads:
     def __init__(
         self, threads: int | None = None, min_step_elements: int = MIN_STEP_ELEMENTS
     ) -> None:
-        if threads is not None and threads < 1:
-            raise ValueError(f"threads must be at least 1 or None; got {threads}")
-        self._threads = threads
-        self.min_step_elements = min_step_elements
+        self._threads = None if threads is None else check_int(threads, "threads")
+        self.min_step_elements = check_int(min_step_elements, "min_step_elements", minimum=0)
         self.min_op_elements = MIN_OP_ELEMENTS
         self._blas = _blas_controller()
         self._pool: ThreadPoolExecutor | None = None
