@@ -1,4 +1,4 @@
-"""Issue 2's speed comparison: the NumPy backend against PyTorch's CPU build, side by side.
+"""The NumPy backend against PyTorch's CPU build, side by side (the "issue2" suite).
 
     python bench/compare_torch_cpu.py [extra bpgpu-bench options]
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
 
 from bpgpu.backends import get_backend
-from bpgpu.benchmark import limit_threads
-from bpgpu.benchmark.systems import make_data, prepare_bpgpu, prepare_torch, torch_status
-from bpgpu.benchmark.workloads import parse_workload
-from bpgpu.optimizers import make_optimizer
+from bpgpu.benchmark.command import limit_threads
+from bpgpu.benchmark.systems import Data, make_data, prepare_bpgpu, prepare_torch, torch_status
+from bpgpu.benchmark.workloads import Workload, parse_workload
+from bpgpu.optimizers import Optimizer, make_optimizer
 
 OPS = (
     "gather_rows",
@@ -30,7 +32,9 @@ OPS = (
 )
 
 
-def profile_bpgpu(backend: str, w, opt, data, steps: int) -> dict[str, float]:
+def profile_bpgpu(
+    backend: str, w: Workload, opt: Optimizer, data: Data, steps: int
+) -> dict[str, float]:
     """Milliseconds per step of each (op, call number within the step)."""
     xp = get_backend(backend)
     p = prepare_bpgpu(backend, w, opt, data, seed=0)
@@ -39,8 +43,8 @@ def profile_bpgpu(backend: str, w, opt, data, steps: int) -> dict[str, float]:
     totals: dict[str, float] = defaultdict(float)
     calls: dict[str, int] = defaultdict(int)
 
-    def wrap(name, fn):
-        def timed(*args, **kwargs):
+    def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
             xp.synchronize()
             key = f"{name}#{calls[name]}"
             calls[name] += 1

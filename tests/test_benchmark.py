@@ -1,6 +1,6 @@
-"""The benchmark: ``bpgpu bench --quick`` end to end, the timing helpers against fakes that
-log what they are asked (so the order of syncs and clock reads is checked, not timings), the
-output folders, and the work model."""
+"""The benchmark: ``bpgpu bench --quick`` end to end, the report.json layout of a row, the
+timing helpers against fakes that log what they are asked (so the order of syncs and clock
+reads is checked, not timings), the output folders, and the work model."""
 
 from __future__ import annotations
 
@@ -11,11 +11,14 @@ import numpy as np
 import pytest
 
 from bpgpu import MLP
-from bpgpu.benchmark import default_out, main, timing
+from bpgpu.benchmark import main, timing
+from bpgpu.benchmark.command import default_out
+from bpgpu.benchmark.report import markdown, progress_line
+from bpgpu.benchmark.results import Row
 from bpgpu.benchmark.systems import Prepared, PreparedFit, TorchTrainer, make_data
 from bpgpu.benchmark.workloads import DEFAULT, parse_workload
 from bpgpu.cli import main as cli_main
-from bpgpu.optimizers import SGD
+from bpgpu.optimizers import SGD, Adam, RMSprop
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
@@ -31,6 +34,33 @@ def test_quick_report(tmp_path):
     for key in ("cpu", "cores", "gpu", "versions", "git_commit", "kernels_sha256", "platform"):
         assert key in m
     assert m["versions"]["numpy"] and m["kernels_sha256"]["all"]
+    assert list(report) == [
+        "machine",
+        "settings",
+        "ceilings",
+        "systems",
+        "rows",
+        "elapsed_s",
+        "load_average_end",
+    ]
+    assert list(report["settings"]) == [
+        "quick",
+        "quick_max_batch",
+        "repeats",
+        "warmup",
+        "budget_s",
+        "threads",
+        "seed",
+        "dtype",
+        "optimizers",
+        "drift_steps",
+        "settle_s",
+        "fit_workloads",
+        "fit_samples",
+        "fit_epochs",
+        "fit_repeats",
+        "timing",
+    ]
     assert report["settings"]["quick"] is True
     cpu = report["ceilings"]["cpu"]
     assert (
@@ -45,6 +75,9 @@ def test_quick_report(tmp_path):
     assert [r["spec"] for r in report["rows"]] == [w.shrunk(256).spec for w in DEFAULT]
     assert "numpy" in report["systems"] and "torch-eager" in report["systems"]
     for i, row in enumerate(report["rows"]):
+        assert list(row) == ["workload", "spec", "optimizer", "slots", "results"] + (
+            ["fit"] if i < 2 else []
+        )
         res = row["results"]["numpy"]
         assert res["median_ms"] > 0 and res["iqr_ms"] >= 0 and res["repeats"] >= 3
         assert res["device"] == "cpu"
@@ -61,8 +94,30 @@ def test_quick_report(tmp_path):
     md = (out / "report.md").read_text()
     assert "| 784-512-10 b256 relu/softmax | rmsprop |" in md
     assert "TFLOP/s" in md and "Whole `fit`" in md
+    assert markdown(report) == md  # drawn again from the saved report.json
     for png in ("step_time.png", "speedup.png", "ceiling.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_row_serializes_without_its_workload():
+    w = parse_workload("7-33-3:129")
+    step = {"numpy": {"median_ms": 1.5}, "torch-eager": {"status": "not installed"}}
+    row = Row(workload=w, optimizer="rmsprop", slots=1, results=step)
+    assert row.as_dict() == {
+        "workload": "7-33-3 b129 relu/softmax",
+        "spec": "7-33-3:129:relu:softmax",
+        "optimizer": "rmsprop",
+        "slots": 1,
+        "results": step,
+    }
+    row.fit = {"numpy": {"median_s": 0.5}}
+    saved = json.loads(json.dumps(row.as_dict()))
+    assert list(saved) == ["workload", "spec", "optimizer", "slots", "results", "fit"]
+    assert saved["fit"] == {"numpy": {"median_s": 0.5}}
+    assert progress_line(row) == (
+        "7-33-3 b129 relu/softmax rmsprop: numpy 1.5 ms, torch-eager not installed; "
+        "fit: numpy 0.5 s"
+    )
 
 
 def test_default_folder_by_device():
@@ -177,17 +232,27 @@ def test_probe_keeps_the_best_library_and_says_why_one_failed():
 
 
 @needs_torch
-def test_torch_fit_matches_bpgpu_fit():
-    """Same initial weights, data, shuffles and optimizer: the same weights after a fit."""
+@pytest.mark.parametrize(
+    "opt",
+    [
+        SGD(lr=0.1, momentum=0.9, weight_decay=1e-2),
+        RMSprop(lr=0.01, weight_decay=1e-3),
+        Adam(lr=0.01),
+    ],
+    ids=lambda o: o.kind,
+)
+def test_torch_fit_matches_bpgpu_fit(opt):
+    """Same initial weights, data, shuffles and optimizer (torch.optim from the optimizer's own
+    declaration, weight decay on the weights only): the same weights after a fit."""
     w = parse_workload("7-33-3:16:relu")
     data = make_data(w, 5, seed=3)
-    opt = SGD(lr=0.1, momentum=0.9)
     model = MLP(list(w.layers), activation="relu", backend="numpy", seed=0)
     model.fit(data.X, data.labels, epochs=2, batch_size=w.batch, optimizer=opt, seed=0)
     trainer = TorchTrainer(w, opt, seed=0, device="cpu", compiled=False)
     trainer.fit(data, epochs=2, seed=0)
     linears = [m for m in trainer.net if hasattr(m, "weight")]
-    for (W, b), lin in zip(model.get_weights(), linears):
+    assert type(trainer.optimizer).__name__ == opt.torch_optimizer()[0]
+    for (W, b), lin in zip(model.get_weights(), linears, strict=True):
         np.testing.assert_allclose(lin.weight.detach().numpy().T, W, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(lin.bias.detach().numpy(), b, rtol=1e-4, atol=1e-5)
 

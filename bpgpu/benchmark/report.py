@@ -1,4 +1,9 @@
-"""The benchmark report: machine facts, JSON with every figure, a Markdown table, PNG plots."""
+"""Printing a benchmark: machine facts, report.json with every figure, report.md, PNG plots,
+and the progress line of each row as it is timed.
+
+report.md and the plots are drawn from report.json's content (the dict ``assemble`` returns),
+so they can be drawn again from a saved report.json.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,12 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from bpgpu.backends import cuda_source
+from bpgpu.benchmark.results import Row, RunResult
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,7 +61,7 @@ def versions() -> dict[str, str]:
     for mod in ("torch", "cupy", "numba", "numba_cuda", "matplotlib"):
         try:
             found[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 -- absent or broken: the report says so
+        except Exception:
             found[mod] = "not installed"
     if found["torch"] != "not installed":
         import torch
@@ -69,20 +76,69 @@ def kernel_hashes() -> dict[str, str]:
     return {"all": cuda_source.sources_hash(), **cuda_source.kernel_file_hashes()}
 
 
-def machine() -> dict:
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages; None where the platform has none."""
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were taken on: platform, CPU, GPU, load, versions, commit, kernels."""
     commit = _run(["git", "rev-parse", "HEAD"])
     dirty = _run(["git", "status", "--porcelain", "--", "bpgpu", "kernels"])
     return {
         "platform": platform.platform(),
         "cpu": cpu_name(),
         "cores": os.cpu_count(),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "load_average": load_average(),
         "gpu": gpu_facts(),
         "versions": versions(),
         "git_commit": commit,
         "git_dirty": bool(dirty),
         "kernels_sha256": kernel_hashes(),
     }
+
+
+# ---- report.json ----------------------------------------------------------------------------
+
+
+def assemble(
+    machine: dict[str, Any], settings: dict[str, Any], result: RunResult
+) -> dict[str, Any]:
+    """report.json's content: ``machine`` (read before the run), ``settings``, the run's
+    ceilings, systems and rows, its duration, and the load average now, at its end."""
+    return {
+        "machine": machine,
+        "settings": settings,
+        "ceilings": result.ceilings,
+        "systems": result.systems,
+        "rows": [row.as_dict() for row in result.rows],
+        "elapsed_s": result.elapsed_s,
+        "load_average_end": load_average(),
+    }
+
+
+def write(out: Path, report: dict[str, Any], with_plots: bool = True) -> None:
+    """report.json, report.md and (``with_plots``) the three plots into ``out``, created if
+    needed."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
+    (out / "report.md").write_text(markdown(report))
+    if with_plots:
+        plots(report, out)
+
+
+def progress_line(row: Row) -> str:
+    """One line for a row as soon as it is timed: each system's median step (and fit)."""
+
+    def cell(r: dict[str, Any], key: str, unit: str) -> str:
+        return f"{r[key]:.3g} {unit}" if key in r else r["status"]
+
+    line = f"{row.workload.name} {row.optimizer}: " + ", ".join(
+        f"{n} {cell(r, 'median_ms', 'ms')}" for n, r in row.results.items()
+    )
+    if row.fit is not None:
+        line += "; fit: " + ", ".join(f"{n} {cell(r, 'median_s', 's')}" for n, r in row.fit.items())
+    return line
 
 
 # ---- Markdown -------------------------------------------------------------------------------

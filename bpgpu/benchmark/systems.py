@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from bpgpu.backends import get_backend
 from bpgpu.benchmark.workloads import Workload
 from bpgpu.model import MLP, initial_weights
 from bpgpu.optimizers import Optimizer
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -97,7 +101,7 @@ def prepare_bpgpu(backend: str, w: Workload, opt: Optimizer, data: Data, seed: i
     Xd = xp.asarray(data.X, model.dtype)
     Yd = xp.asarray(model._targets(_labels(w, data), len(data.labels)), model.dtype)
     index = [xp.asarray(ix, np.dtype(np.int64)) for ix in data.index]
-    states = [xp.optimizer_state(opt, W, b) for W, b in zip(net.W, net.b)]
+    states = [xp.optimizer_state(opt, W, b) for W, b in zip(net.W, net.b, strict=True)]
     ws = model._workspace(w.batch)
     stats = model._stats()
 
@@ -153,7 +157,9 @@ class TorchTrainer:
     ``compiled``: the forward pass and loss through ``torch.compile`` (compiled on the first
     step, so a warm-up keeps it out of the numbers)."""
 
-    def __init__(self, w: Workload, opt: Optimizer, seed: int, device: str, compiled: bool):
+    optimizer: torch.optim.Optimizer
+
+    def __init__(self, w: Workload, opt: Optimizer, seed: int, device: str, compiled: bool) -> None:
         import torch
 
         self.torch, self.w, self.opt = torch, w, opt
@@ -165,7 +171,7 @@ class TorchTrainer:
             "identity": torch.nn.Identity,
         }
         modules: list[torch.nn.Module] = []
-        for l, (W, b) in enumerate(
+        for i, (W, b) in enumerate(
             initial_weights(w.layers, [w.activation] * (len(w.layers) - 2), seed)
         ):
             lin = torch.nn.Linear(W.shape[0], W.shape[1])
@@ -173,7 +179,7 @@ class TorchTrainer:
                 lin.weight.copy_(torch.from_numpy(W.T.astype(np.float32)))
                 lin.bias.copy_(torch.from_numpy(b.astype(np.float32)))
             modules.append(lin)
-            if l < len(w.layers) - 2:
+            if i < len(w.layers) - 2:
                 modules.append(acts[w.activation]())
         self.net = torch.nn.Sequential(*modules).to(self.dev)
         self.initial = [p.detach().clone() for p in self.net.parameters()]
@@ -194,32 +200,20 @@ class TorchTrainer:
         """The initial weights again, a new optimizer (zero state) and zero statistics."""
         torch = self.torch
         with torch.no_grad():
-            for p, p0 in zip(self.net.parameters(), self.initial):
+            for p, p0 in zip(self.net.parameters(), self.initial, strict=True):
                 p.copy_(p0)
-        p, params = self.opt.params(), self.net.parameters()
-        if self.opt.kind == "rmsprop":
-            self.optimizer: torch.optim.Optimizer = torch.optim.RMSprop(
-                params, lr=p["lr"], alpha=p["rho"], eps=p["eps"], weight_decay=p["weight_decay"]
-            )
-        elif self.opt.kind == "sgd":
-            self.optimizer = torch.optim.SGD(
-                params,
-                lr=p["lr"],
-                momentum=p["momentum"],
-                nesterov=p["nesterov"],
-                weight_decay=p["weight_decay"],
-            )
-        else:
-            self.optimizer = torch.optim.Adam(
-                params,
-                lr=p["lr"],
-                betas=(p["beta1"], p["beta2"]),
-                eps=p["eps"],
-                weight_decay=p["weight_decay"],
-            )
+        # The optimizer declares its torch.optim equivalent (class name, keyword arguments).
+        # bpgpu's weight decay is on the weights only, so the biases are a group without it.
+        name, kwargs = self.opt.torch_optimizer()
+        linears = [m for m in self.net if isinstance(m, torch.nn.Linear)]
+        groups = [
+            {"params": [m.weight for m in linears]},
+            {"params": [m.bias for m in linears], "weight_decay": 0.0},
+        ]
+        self.optimizer = getattr(torch.optim, name)(groups, **kwargs)
         self.stats = torch.zeros(2, dtype=torch.float64, device=self.dev)
 
-    def device_data(self, data: Data):
+    def device_data(self, data: Data) -> tuple[torch.Tensor, torch.Tensor]:
         """X (n, k) float32 and the targets on the device: class indices for softmax, else
         0/1 (one column) or one-hot rows."""
         torch, k = self.torch, self.w.layers[-1]
@@ -232,7 +226,7 @@ class TorchTrainer:
             targets = torch.nn.functional.one_hot(labels, k).float()
         return torch.from_numpy(data.X).to(self.dev), targets.to(self.dev)
 
-    def _forward_loss(self, x, y):
+    def _forward_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.net(x)
         loss = self.loss_fn(logits, y)
         if self.w.output == "softmax":
@@ -241,7 +235,7 @@ class TorchTrainer:
             correct = ((logits > 0) == (y > 0.5)).sum()
         return loss, correct
 
-    def step(self, X, targets, ix) -> None:
+    def step(self, X: torch.Tensor, targets: torch.Tensor, ix: torch.Tensor) -> None:
         """One training step on the rows ``ix`` of (X, targets), all on the device."""
         x, y = X.index_select(0, ix), targets.index_select(0, ix)
         self.optimizer.zero_grad(set_to_none=True)

@@ -83,7 +83,7 @@ def interleaved(
     ``settle_s``: a pause before each block. BLAS and OpenMP thread pools (OpenBLAS for NumPy,
     libgomp for PyTorch) busy-wait for a while after each call; on a 2-core machine the last
     system's spinning threads take the cores from the next one's for tens of milliseconds
-    (measured: 4.5 ms NumPy steps read as 5-70 ms). The pause lets them park first.
+    (bench/results/cpu/NOTES.md). The pause lets them park first.
     """
     per_step: dict[str, float] = {}
     for name, p in systems.items():
@@ -202,7 +202,7 @@ def probe_best(
         try:
             found = probe_ceilings(ops(), n, nbytes, repeats)
         # a library that cannot run: the report says why; the others still count
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             best["errors"][lib] = failure(exc)
         else:
             keep_best(best, {**found, "matmul_by": lib, "copy_by": lib})
@@ -239,10 +239,10 @@ def guarded(
     for name, make in factories.items():
         try:
             ready[name] = make()
-        except Exception as exc:  # noqa: BLE001 -- the row says why
+        except Exception as exc:
             results[name] = {"status": failure(exc)}
     try:
         results.update(run(ready))
-    except Exception as exc:  # noqa: BLE001 -- the rows say why
+    except Exception as exc:
         results.update({name: {"status": failure(exc)} for name in ready})
     return results, ready

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import pairwise
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,12 @@ class Workload:
 
     def flops(self) -> float:
         """Floating-point operations of one training step (forward, backward, update)."""
-        pairs = [a * b for a, b in zip(self.layers[:-1], self.layers[1:])]
+        pairs = [a * b for a, b in pairwise(self.layers)]
         return 2.0 * self.batch * (2 * sum(pairs) + sum(pairs[1:]))
 
     def bytes(self, itemsize: int, slots: int) -> float:
         """The fewest bytes one step moves (see the module docstring)."""
-        params = sum(a * b + b for a, b in zip(self.layers[:-1], self.layers[1:]))
+        params = sum(a * b + b for a, b in pairwise(self.layers))
         acts = sum(self.layers) + sum(self.layers[1:])
         return float(itemsize * (params * (4 + 2 * slots) + 3 * self.batch * acts))
 
@@ -70,7 +71,7 @@ def parse_workload(text: str) -> Workload:
     return Workload(layers, batch, activation, output)
 
 
-#: issue 5: from launch-bound (MNIST-shaped) to GEMM-bound
+#: the standard report: from launch-bound (MNIST-shaped) to GEMM-bound
 DEFAULT = [
     parse_workload(s)
     for s in (
@@ -83,7 +84,8 @@ DEFAULT = [
     )
 ]
 
-#: issue 2's speed comparison against PyTorch's CPU build
+#: the NumPy backend against PyTorch's CPU build, small to GEMM-bound (--suite issue2, as
+#: bench/compare_torch_cpu.py runs it)
 ISSUE2 = [
     parse_workload(s)
     for s in (
