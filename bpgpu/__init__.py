@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from bpgpu import ops
+from bpgpu import datasets, ops
 from bpgpu.backends import BackendUnavailableError, available_backends, get_backend
 from bpgpu.history import History
 from bpgpu.model import MLP, TrainingDivergedError, load
@@ -23,6 +23,7 @@ __all__ = [
     "RMSprop",
     "TrainingDivergedError",
     "available_backends",
+    "datasets",
     "get_backend",
     "load",
     "ops",

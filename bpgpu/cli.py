@@ -13,11 +13,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+import bpgpu
 from bpgpu import datasets
-from bpgpu.backends import REGISTRY, BackendUnavailableError
+from bpgpu.backends import REGISTRY, BackendUnavailableError, get_backend
 from bpgpu.functions import ACTIVATIONS, OUTPUTS
-
-OPTIMIZERS = ("sgd", "rmsprop", "adam")
+from bpgpu.model import MLP
+from bpgpu.optimizers import OPTIMIZERS, make_optimizer
 
 
 class UsageError(Exception):
@@ -75,10 +76,10 @@ def _parser() -> argparse.ArgumentParser:
         "--layers",
         help="layer sizes, inputs to outputs, like 64-32-16-10 (default: features-32-classes)",
     )
-    train.add_argument("--activation", choices=ACTIVATIONS, default="relu")
-    train.add_argument("--output", choices=OUTPUTS, default="softmax")
+    train.add_argument("--activation", choices=list(ACTIVATIONS), default="relu")
+    train.add_argument("--output", choices=list(OUTPUTS), default="softmax")
     train.add_argument("--loss", default=None, help="cross_entropy or mse (default: per output)")
-    train.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    train.add_argument("--optimizer", choices=list(OPTIMIZERS), default="adam")
     train.add_argument(
         "--lr", type=float, default=None, help="learning rate (default: per optimizer)"
     )
@@ -107,7 +108,9 @@ def _load_data(args: argparse.Namespace) -> datasets.Dataset:
         return datasets.mnist(args.data_dir, seed=args.seed)
     if args.dataset == "xor":
         return datasets.xor()
-    return datasets.LOADERS[args.dataset](seed=args.seed)
+    if args.dataset == "iris":
+        return datasets.iris(seed=args.seed)
+    return datasets.digits(seed=args.seed)
 
 
 def _pyplot():
@@ -137,8 +140,6 @@ def _plot(plt, history: dict[str, list[float]], path: str, title: str) -> None:
 
 
 def train(args: argparse.Namespace) -> int:
-    import bpgpu
-
     plt = _pyplot() if args.plot else None
     data = _load_data(args)
     layers = (
@@ -151,9 +152,8 @@ def train(args: argparse.Namespace) -> int:
         ]
     )
     check_layers_fit_data(layers, data, args.output)
-    optimizer_class = {"sgd": bpgpu.SGD, "rmsprop": bpgpu.RMSprop, "adam": bpgpu.Adam}
-    optimizer = optimizer_class[args.optimizer](**({} if args.lr is None else {"lr": args.lr}))
-    net = bpgpu.MLP(
+    optimizer = make_optimizer(args.optimizer, args.lr)
+    net = MLP(
         layers,
         activation=args.activation,
         output=args.output,
@@ -195,21 +195,21 @@ def train(args: argparse.Namespace) -> int:
 
 
 def info() -> int:
-    import bpgpu
-    from bpgpu.backends import available_backends, get_backend, unavailable_reasons
-
     print(f"bpgpu {bpgpu.__version__}")
     print(f"numpy {np.__version__}")
     print(f"python {sys.version.split()[0]}")
-    available = available_backends()
-    reasons = unavailable_reasons()
-    for name in REGISTRY:
-        if name in available:
-            print(f"{name}: available")
-            for key, value in get_backend(name).describe().items():
-                print(f"    {key}: {value}")
-        else:
-            print(f"{name}: {reasons.get(name, f'backend {name!r} is not available')}")
+    for name, entry in REGISTRY.items():
+        try:
+            backend = get_backend(name)
+        except BackendUnavailableError as exc:
+            print(f"{name}: {exc}")
+            continue
+        note = (
+            "" if entry.engine and not backend.simulated else " (for tests; never chosen by auto)"
+        )
+        print(f"{name}: available{note}")
+        for key, value in backend.describe().items():
+            print(f"    {key}: {value}")
     return 0
 
 
@@ -234,9 +234,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "info":
             return info()
         return train(args)
-    except (UsageError, ValueError, TypeError, ImportError, OSError) as exc:
-        print(f"bpgpu: error: {exc}", file=sys.stderr)
-        return 2
-    except (BackendUnavailableError, FloatingPointError) as exc:
+    except (
+        UsageError,
+        ValueError,
+        TypeError,
+        ImportError,
+        OSError,
+        BackendUnavailableError,
+        FloatingPointError,
+    ) as exc:
         print(f"bpgpu: error: {exc}", file=sys.stderr)
         return 2

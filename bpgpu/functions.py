@@ -93,9 +93,7 @@ class Loss:
     code: int
 
 
-LOSSES: dict[str, Loss] = {
-    lo.name: lo for lo in (Loss("cross_entropy", 0), Loss("mse", 1))
-}
+LOSSES: dict[str, Loss] = {lo.name: lo for lo in (Loss("cross_entropy", 0), Loss("mse", 1))}
 
 #: (output, loss) pairs that make sense. Identity + cross-entropy does not: the log of an
 #: unbounded output. ``cross_entropy`` with a sigmoid output is the binary cross-entropy.
@@ -136,5 +134,6 @@ def check_combination(output: str, loss: str) -> None:
     if (output, loss) not in COMBINATIONS:
         pairs = ", ".join(f"{o}+{lo}" for o, lo in sorted(COMBINATIONS))
         raise ValueError(
-            f"output={output!r} cannot be trained with loss={loss!r}; the supported pairs are {pairs}"
+            f"output={output!r} cannot be trained with loss={loss!r}; "
+            f"the supported pairs are {pairs}"
         )

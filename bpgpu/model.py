@@ -1,8 +1,9 @@
 """``bpgpu.MLP``: a multi-layer perceptron trained by backpropagation on any backend.
 
-The model holds its weights on the backend's device and drives the backend's fused ops
-(bpgpu/backends/base.py); it never computes on the arrays itself. Every argument is checked
-before anything changes, so a call that raises leaves the model as it was.
+The model holds its weights on the backend's device and drives the backend's composed steps
+(``train_step``, ``evaluate_step``, ``predict_step`` of bpgpu/backends/base.py); it never
+computes on the arrays itself. Every argument is checked before anything changes, so a call
+that raises leaves the model as it was.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -21,10 +24,9 @@ from bpgpu.backends import get_backend
 from bpgpu.backends.base import Array, Backend, Network, OptimizerState, Workspace
 from bpgpu.functions import (
     ACTIVATIONS,
-    LOSS_ALIASES,
-    LOSSES,
     OUTPUTS,
     check_combination,
+    check_loss,
     check_name,
 )
 from bpgpu.history import History
@@ -60,6 +62,19 @@ def initial_weights(
     return weights
 
 
+@dataclass(frozen=True)
+class _FitSettings:
+    """fit's own arguments, checked."""
+
+    epochs: int
+    batch_size: int
+    optimizer: Optimizer
+    shuffle: bool
+    seed: int | None
+    patience: int | None
+    verbose: bool
+
+
 class MLP:
     """A dense network ``layers[0] -> ... -> layers[-1]``.
 
@@ -70,7 +85,7 @@ class MLP:
         output: "softmax", "sigmoid" or "identity".
         loss: "cross_entropy" or "mse"; default cross-entropy for softmax and sigmoid outputs
             (binary cross-entropy for sigmoid), mse for identity.
-        backend: "auto", "cupy", "numba", "numpy" or a Backend.
+        backend: "auto", a backend's name (``bpgpu.backends.REGISTRY``) or a Backend.
         dtype: "float32" (default) or "float64".
         seed: seeds the initial weights and the shuffling in ``fit``.
     """
@@ -86,25 +101,11 @@ class MLP:
         seed: int | None = None,
     ) -> None:
         self.layers = check_layers(layers)
-        n_hidden = len(self.layers) - 2
-        if isinstance(activation, str) or not isinstance(activation, Sequence):
-            acts = [activation] * n_hidden
-            check_name(activation, ACTIVATIONS, "activation")
-        else:
-            acts = list(activation)
-            if len(acts) != n_hidden:
-                raise ValueError(
-                    f"activation lists one name per hidden layer: {n_hidden} for layers "
-                    f"{list(self.layers)}; got {len(acts)}"
-                )
-        self.activations = [
-            check_name(a, ACTIVATIONS, f"activation[{i}]") for i, a in enumerate(acts)
-        ]
+        self.activations = _check_activations(activation, len(self.layers) - 2, self.layers)
         self.output = check_name(output, OUTPUTS, "output")
         if loss is None:
-            loss = "mse" if output == "identity" else "cross_entropy"
-        loss = LOSS_ALIASES.get(loss, loss) if isinstance(loss, str) else loss
-        self.loss_name = check_name(loss, LOSSES, "loss")
+            loss = "mse" if self.output == "identity" else "cross_entropy"
+        self.loss_name = check_loss(loss)
         check_combination(self.output, self.loss_name)
         if output == "softmax" and self.layers[-1] < 2:
             raise ValueError(
@@ -144,52 +145,59 @@ class MLP:
     def get_weights(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """[(W_1, b_1), ...] as NumPy copies; W_l has shape (layers[l-1], layers[l])."""
         xp = self.backend
-        return [(xp.to_host(W), xp.to_host(b)) for W, b in zip(self._net.W, self._net.b)]
+        return [
+            (xp.to_host(W), xp.to_host(b)) for W, b in zip(self._net.W, self._net.b, strict=True)
+        ]
 
     def set_weights(self, weights: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
         """Replace every weight and bias; all are checked before any is written."""
+        checked = self._check_weights(weights)
+        xp = self.backend
+        for (W, b), dW, db in zip(checked, self._net.W, self._net.b, strict=True):
+            xp.copy_into(dW, xp.asarray(W, self.dtype))
+            xp.copy_into(db, xp.asarray(b, self.dtype))
+
+    def _check_weights(
+        self, weights: Sequence[tuple[np.ndarray, np.ndarray]]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``weights`` as NumPy (W, b) pairs of this network's shapes, finite; else ValueError
+        naming the first that is not."""
         if not isinstance(weights, Sequence) or len(weights) != len(self._net.W):
             raise ValueError(f"weights must be a list of {len(self._net.W)} (W, b) pairs")
         checked = []
         for l, pair in enumerate(weights, start=1):
             if not isinstance(pair, Sequence) or len(pair) != 2:
                 raise ValueError(f"weights[{l - 1}] must be a (W, b) pair")
-            shape_W = (self.layers[l - 1], self.layers[l])
-            W = np.asarray(pair[0])
-            b = np.asarray(pair[1])
-            if W.shape != shape_W:
-                raise ValueError(f"W_{l} must have shape {shape_W}; got {W.shape}")
-            if b.shape != (self.layers[l],):
-                raise ValueError(f"b_{l} must have shape {(self.layers[l],)}; got {b.shape}")
-            for name, a in ((f"W_{l}", W), (f"b_{l}", b)):
+            W, b = np.asarray(pair[0]), np.asarray(pair[1])
+            for name, a, shape in (
+                (f"W_{l}", W, (self.layers[l - 1], self.layers[l])),
+                (f"b_{l}", b, (self.layers[l],)),
+            ):
+                if a.shape != shape:
+                    raise ValueError(f"{name} must have shape {shape}; got {a.shape}")
                 if not np.issubdtype(a.dtype, np.number) or not np.all(np.isfinite(a)):
                     raise ValueError(f"{name} must hold finite numbers")
             checked.append((W, b))
-        xp = self.backend
-        for (W, b), dW, db in zip(checked, self._net.W, self._net.b):
-            xp.copy_into(dW, xp.asarray(W, self.dtype))
-            xp.copy_into(db, xp.asarray(b, self.dtype))
+        return checked
 
     def _snapshot(self) -> list[Array]:
+        """A device copy of every weight and bias."""
         xp = self.backend
-        copies = []
-        for a in (*self._net.W, *self._net.b):
-            c = xp.empty(a.shape, a.dtype)
-            xp.copy_into(c, a)
-            copies.append(c)
+        copies = [xp.empty(a.shape, a.dtype) for a in (*self._net.W, *self._net.b)]
+        self._snapshot_into(copies)
         return copies
-
-    def _restore(self, snapshot: list[Array]) -> None:
-        """The weights <- snapshot."""
-        for dst, src in zip((*self._net.W, *self._net.b), snapshot):
-            self.backend.copy_into(dst, src)
 
     def _snapshot_into(self, snapshot: list[Array]) -> None:
         """snapshot <- the weights."""
-        for dst, src in zip(snapshot, (*self._net.W, *self._net.b)):
+        for dst, src in zip(snapshot, (*self._net.W, *self._net.b), strict=True):
             self.backend.copy_into(dst, src)
 
-    # ---- buffers --------------------------------------------------------------------------------
+    def _restore(self, snapshot: list[Array]) -> None:
+        """The weights <- snapshot."""
+        for dst, src in zip((*self._net.W, *self._net.b), snapshot, strict=True):
+            self.backend.copy_into(dst, src)
+
+    # ---- buffers and inputs -----------------------------------------------------------------
 
     def _workspace(self, rows: int) -> Workspace:
         ws = self._workspaces.get(rows)
@@ -203,31 +211,36 @@ class MLP:
     def _stats(self) -> Array:
         return self.backend.zeros((2,), np.dtype(np.float64))
 
-    # ---- inputs --------------------------------------------------------------------------------
-
     def _inputs(self, X: object, name: str = "X") -> np.ndarray:
         return as_matrix(X, name, self.layers[0], self.dtype)
 
     def _targets(self, y: object, n: int, name: str = "y") -> np.ndarray:
         return as_targets(y, name, n, self.layers[-1], self.output, self.dtype)
 
+    def _device_data(self, X: object, y: object) -> tuple[Array, Array, int]:
+        Xh = self._inputs(X)
+        Yh = self._targets(y, Xh.shape[0])
+        xp = self.backend
+        return xp.asarray(Xh, self.dtype), xp.asarray(Yh, self.dtype), Xh.shape[0]
+
     # ---- evaluation -----------------------------------------------------------------------------
 
-    def _batches(self, n: int, batch: int) -> Iterator[tuple[int, int]]:
-        for start in range(0, n, batch):
-            yield start, min(start + batch, n)
+    def _in_batches(self, n: int, run: Callable[[Workspace, Array, slice], None]) -> None:
+        """``run(ws, index, rows)`` for each evaluation batch of n samples, in order: ``rows``
+        the batch's slice of the samples, ``index`` the same rows on the device, ``ws`` the
+        workspace of the batch's size."""
+        xp = self.backend
+        index = xp.asarray(np.arange(n, dtype=np.int64), np.dtype(np.int64))
+        for start in range(0, n, EVAL_BATCH):
+            rows = slice(start, min(start + EVAL_BATCH, n))
+            run(self._workspace(rows.stop - start), index[rows], rows)
 
     def _evaluate(self, X: Array, Y: Array, n: int) -> tuple[float, float]:
         """Mean loss and fraction correct over n samples on the device, without updating."""
-        xp = self.backend
-        stats = self._stats()
-        index = xp.asarray(np.arange(n, dtype=np.int64), np.dtype(np.int64))
-        for start, stop in self._batches(n, EVAL_BATCH):
-            ws = self._workspace(stop - start)
-            xp.gather_rows(X, index[start:stop], ws.X)
-            xp.gather_rows(Y, index[start:stop], ws.Y)
-            xp.forward(self._net, ws.X, ws)
-            xp.output_delta(ws.Z, ws.Y, self.output, self.loss_name, ws.P, ws.D[-1], stats)
+        xp, stats = self.backend, self._stats()
+        self._in_batches(
+            n, lambda ws, index, _: xp.evaluate_step(self._net, ws, X, Y, index, stats)
+        )
         total, correct = xp.to_host(stats)
         return float(total) / n, float(correct) / n
 
@@ -236,14 +249,12 @@ class MLP:
         Xh = self._inputs(X)
         xp = self.backend
         Xd = xp.asarray(Xh, self.dtype)
-        n = Xh.shape[0]
-        index = xp.asarray(np.arange(n, dtype=np.int64), np.dtype(np.int64))
-        result = np.empty((n, self.layers[-1]), dtype=self.dtype)
-        for start, stop in self._batches(n, EVAL_BATCH):
-            ws = self._workspace(stop - start)
-            xp.gather_rows(Xd, index[start:stop], ws.X)
-            xp.forward(self._net, ws.X, ws)
-            result[start:stop] = xp.to_host(xp.output_forward(ws.Z, self.output, ws.P))
+        result = np.empty((Xh.shape[0], self.layers[-1]), dtype=self.dtype)
+
+        def run(ws: Workspace, index: Array, rows: slice) -> None:
+            result[rows] = xp.to_host(xp.predict_step(self._net, ws, Xd, index))
+
+        self._in_batches(Xh.shape[0], run)
         return result
 
     def predict(self, X: object) -> np.ndarray:
@@ -257,12 +268,6 @@ class MLP:
             labels = (P > 0.5).astype(np.int64)
             return labels[:, 0] if labels.shape[1] == 1 else labels
         return P[:, 0] if P.shape[1] == 1 else P
-
-    def _device_data(self, X: object, y: object) -> tuple[Array, Array, int]:
-        Xh = self._inputs(X)
-        Yh = self._targets(y, Xh.shape[0])
-        xp = self.backend
-        return xp.asarray(Xh, self.dtype), xp.asarray(Yh, self.dtype), Xh.shape[0]
 
     def loss(self, X: object, y: object) -> float:
         """Mean loss over (X, y); no update."""
@@ -286,24 +291,21 @@ class MLP:
         """[(dW_1, db_1), ...] of the mean loss over (X, y) as NumPy arrays; no update."""
         Xd, Yd, n = self._device_data(X, y)
         xp = self.backend
-        index = xp.asarray(np.arange(n, dtype=np.int64), np.dtype(np.int64))
-        total = [(np.zeros((a, b)), np.zeros(b)) for a, b in zip(self.layers[:-1], self.layers[1:])]
         grads = [
             (xp.empty(W.shape, self.dtype), xp.empty(b.shape, self.dtype))
-            for W, b in zip(self._net.W, self._net.b)
+            for W, b in zip(self._net.W, self._net.b, strict=True)
         ]
+        total = [(np.zeros(W.shape), np.zeros(b.shape)) for W, b in grads]
         stats = self._stats()
-        for start, stop in self._batches(n, EVAL_BATCH):
-            ws = self._workspace(stop - start)
-            xp.gather_rows(Xd, index[start:stop], ws.X)
-            xp.gather_rows(Yd, index[start:stop], ws.Y)
-            xp.forward(self._net, ws.X, ws)
-            xp.output_delta(ws.Z, ws.Y, self.output, self.loss_name, ws.P, ws.D[-1], stats)
-            xp.backward(self._net, ws, None, grads)
-            weight = (stop - start) / n  # each batch's D carries 1/(its rows)
-            for (tW, tb), (gW, gb) in zip(total, grads):
+
+        def run(ws: Workspace, index: Array, _: slice) -> None:
+            xp.evaluate_step(self._net, ws, Xd, Yd, index, stats, grads)
+            weight = ws.rows / n  # each batch's D carries 1/(its rows)
+            for (tW, tb), (gW, gb) in zip(total, grads, strict=True):
                 tW += weight * xp.to_host(gW)
                 tb += weight * xp.to_host(gb)
+
+        self._in_batches(n, run)
         return [(W.astype(self.dtype), b.astype(self.dtype)) for W, b in total]
 
     # ---- training -------------------------------------------------------------------------------
@@ -333,130 +335,239 @@ class MLP:
         the weights of its best epoch. If the loss turns NaN or infinite, TrainingDivergedError
         is raised and the model keeps the weights of the last epoch whose loss was finite.
         """
-        # Check everything before anything changes.
-        epochs = check_int(epochs, "epochs", 1)
-        batch_size = check_int(batch_size, "batch_size", 1)
-        opt = make_optimizer(optimizer, lr)
-        for flag, value in (("shuffle", shuffle), ("verbose", verbose)):
-            if not isinstance(value, bool):
-                raise TypeError(f"{flag} must be a bool; got {value!r}")
-        if seed is not None:
-            check_int(seed, "seed", 0)
-        if patience is not None:
-            check_int(patience, "patience", 1)
-        if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)):
-            raise TypeError(
-                f"validation_split must be a number in [0, 1); got {validation_split!r}"
-            )
-        if not 0.0 <= validation_split < 1.0:
-            raise ValueError(f"validation_split must be in [0, 1); got {validation_split}")
-        if validation_split and validation_data is not None:
-            raise ValueError("give validation_split or validation_data, not both")
+        # Everything is checked before anything changes.
+        settings = _check_fit_arguments(
+            epochs, batch_size, optimizer, lr, shuffle, seed, patience, verbose
+        )
+        _check_validation_arguments(validation_split, validation_data)
         Xh = self._inputs(X)
         Yh = self._targets(y, Xh.shape[0])
-        val: tuple[np.ndarray, np.ndarray] | None = None
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise ValueError("validation_data must be an (X, y) pair")
-            Xv = self._inputs(validation_data[0], "validation_data X")
-            val = (Xv, self._targets(validation_data[1], Xv.shape[0], "validation_data y"))
-        elif validation_split:
-            n_val = round(Xh.shape[0] * validation_split)
-            if n_val < 1 or n_val >= Xh.shape[0]:
-                raise ValueError(
-                    f"validation_split={validation_split} of {Xh.shape[0]} samples leaves "
-                    f"{n_val} for validation and {Xh.shape[0] - n_val} for training; both need at least one"
-                )
-            val = (Xh[-n_val:], Yh[-n_val:])
-            Xh, Yh = Xh[:-n_val], Yh[:-n_val]
-
+        Xh, Yh, val = self._hold_out(Xh, Yh, validation_split, validation_data)
         xp = self.backend
-        n = Xh.shape[0]
-        Xd, Yd = xp.asarray(Xh, self.dtype), xp.asarray(Yh, self.dtype)
-        Vd = (
-            None
-            if val is None
-            else (xp.asarray(val[0], self.dtype), xp.asarray(val[1], self.dtype), val[0].shape[0])
-        )
-        states: list[OptimizerState] = [
-            xp.optimizer_state(opt, W, b) for W, b in zip(self._net.W, self._net.b)
-        ]
-        rng = np.random.default_rng(self.seed if seed is None else seed)
+        data = (xp.asarray(Xh, self.dtype), xp.asarray(Yh, self.dtype), Xh.shape[0])
+        held_out = None
+        if val is not None:
+            held_out = (xp.asarray(val[0], self.dtype), xp.asarray(val[1], self.dtype), len(val[0]))
         before = self._snapshot()
+        try:
+            return self._train(settings, data, held_out)
+        except TrainingDivergedError:
+            raise  # the weights of the last finite epoch are already in place
+        except Exception:
+            self._restore(before)  # a failed fit leaves the model as it was
+            raise
+
+    def _hold_out(
+        self,
+        X: np.ndarray,
+        Y: np.ndarray,
+        validation_split: float,
+        validation_data: tuple[object, object] | None,
+    ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+        """(training X, training Y, validation (X, Y) or None): ``validation_data`` checked,
+        or the last ``validation_split`` of the rows held out."""
+        if validation_data is not None:
+            Xv = self._inputs(validation_data[0], "validation_data X")
+            return X, Y, (Xv, self._targets(validation_data[1], len(Xv), "validation_data y"))
+        if not validation_split:
+            return X, Y, None
+        n = X.shape[0]
+        n_val = round(n * validation_split)
+        if n_val < 1 or n_val >= n:
+            raise ValueError(
+                f"validation_split={validation_split} of {n} samples leaves {n_val} for "
+                f"validation and {n - n_val} for training; both need at least one"
+            )
+        return X[:-n_val], Y[:-n_val], (X[-n_val:], Y[-n_val:])
+
+    def _train(
+        self,
+        settings: _FitSettings,
+        data: tuple[Array, Array, int],
+        held_out: tuple[Array, Array, int] | None,
+    ) -> History:
+        """The epoch loop of ``fit`` on checked arguments and device data."""
+        xp = self.backend
+        X, Y, n = data
+        states: list[OptimizerState] = [
+            xp.optimizer_state(settings.optimizer, W, b)
+            for W, b in zip(self._net.W, self._net.b, strict=True)
+        ]
+        rng = np.random.default_rng(self.seed if settings.seed is None else settings.seed)
+        order = np.arange(n, dtype=np.int64)
         last_finite = self._snapshot()
-        best_weights = self._snapshot() if patience is not None else []
-        best_loss, best_epoch = math.inf, 0
+        stopping = _EarlyStopping(self, settings.patience) if settings.patience else None
         history = History(backend=xp.name)
         stats = self._stats()
-        order = np.arange(n, dtype=np.int64)
         started = time.perf_counter()
-        bar = _progress(epochs, verbose)
+        bar = _progress(settings.epochs, settings.verbose)
         try:
-            # A loss overflowing on its way to divergence raises TrainingDivergedError, not warnings.
+            # a loss overflowing on its way to divergence raises TrainingDivergedError, not warnings
             with np.errstate(over="ignore", invalid="ignore"):
-                for epoch in range(1, epochs + 1):
-                    if shuffle:
+                for epoch in range(1, settings.epochs + 1):
+                    if settings.shuffle:
                         rng.shuffle(order)
                     index = xp.asarray(order, np.dtype(np.int64))
                     xp.copy_into(stats, xp.zeros((2,), np.dtype(np.float64)))
-                    for start, stop in self._batches(n, batch_size):
+                    for start in range(0, n, settings.batch_size):
+                        stop = min(start + settings.batch_size, n)
                         ws = self._workspace(stop - start)
-                        xp.train_step(self._net, ws, Xd, Yd, index[start:stop], states, stats)
-                    total, correct = xp.to_host(stats)
-                    figures = {"loss": float(total) / n}
-                    if not math.isfinite(figures["loss"]):
-                        self._restore(last_finite)
-                        raise TrainingDivergedError(
-                            f"training diverged at epoch {epoch}: the loss became {figures['loss']}; "
-                            f"the model keeps the weights of epoch {epoch - 1} (try a smaller learning rate)"
-                        )
-                    if self.is_classifier:
-                        figures["accuracy"] = float(correct) / n
-                    if Vd is not None:
-                        val_loss, val_acc = self._evaluate(*Vd)
-                        figures["val_loss"] = val_loss
-                        if self.is_classifier:
-                            figures["val_accuracy"] = val_acc
+                        xp.train_step(self._net, ws, X, Y, index[start:stop], states, stats)
+                    figures = self._epoch_figures(epoch, stats, n, held_out, last_finite)
                     history.record(epoch, figures)
                     self._snapshot_into(last_finite)
                     if bar is not None:
                         bar.set_postfix({k: f"{v:.4f}" for k, v in figures.items()})
                         bar.update(1)
-                    if patience is not None:
-                        monitored = figures.get("val_loss", figures["loss"])
-                        if monitored < best_loss:
-                            best_loss, best_epoch = monitored, epoch
-                            self._snapshot_into(best_weights)
-                        elif epoch - best_epoch >= patience:
-                            history.stopped_epoch = epoch
-                            break
-        except Exception as exc:
-            if not isinstance(exc, TrainingDivergedError):
-                self._restore(before)  # a failed fit leaves the model as it was
-            raise
+                    if stopping is not None and stopping.stop(epoch, figures):
+                        history.stopped_epoch = epoch
+                        break
         finally:
             if bar is not None:
                 bar.close()
-        if patience is not None:
-            self._restore(best_weights)
-            history.best_epoch = best_epoch
+        if stopping is not None:
+            stopping.restore_best(history)
         xp.synchronize()
         history.wall_time = time.perf_counter() - started
         return history
+
+    def _epoch_figures(
+        self,
+        epoch: int,
+        stats: Array,
+        n: int,
+        held_out: tuple[Array, Array, int] | None,
+        last_finite: list[Array],
+    ) -> dict[str, float]:
+        """The epoch's loss (and accuracy, and validation figures); on a loss that is not
+        finite, the weights of the last finite epoch back and TrainingDivergedError."""
+        total, correct = self.backend.to_host(stats)
+        figures = {"loss": float(total) / n}
+        if not math.isfinite(figures["loss"]):
+            self._restore(last_finite)
+            raise TrainingDivergedError(
+                f"training diverged at epoch {epoch}: the loss became {figures['loss']}; "
+                f"the model keeps the weights of epoch {epoch - 1} (try a smaller learning rate)"
+            )
+        if self.is_classifier:
+            figures["accuracy"] = float(correct) / n
+        if held_out is not None:
+            val_loss, val_acc = self._evaluate(*held_out)
+            figures["val_loss"] = val_loss
+            if self.is_classifier:
+                figures["val_accuracy"] = val_acc
+        return figures
 
     # ---- files ----------------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the architecture and weights to an ``.npz`` file (no pickle)."""
-        serialization.save(self, path)
+        saved = serialization.SavedModel(
+            layers=list(self.layers),
+            activations=list(self.activations),
+            output=self.output,
+            loss=self.loss_name,
+            dtype=self.dtype.name,
+            weights=self.get_weights(),
+        )
+        serialization.save(path, saved)
 
 
 def load(path: str | os.PathLike, backend: str | Backend | None = "auto") -> MLP:
     """A model written by ``MLP.save``, on ``backend``."""
-    return serialization.load(path, backend)
+    saved = serialization.read(path)
+    model = MLP(
+        saved.layers,
+        activation=saved.activations if saved.activations else "sigmoid",
+        output=saved.output,
+        loss=saved.loss,
+        backend=backend,
+        dtype=saved.dtype,
+    )
+    model.set_weights(saved.weights)
+    return model
 
 
-def _progress(epochs: int, verbose: bool):
+class _EarlyStopping:
+    """Stops once the monitored loss (validation loss, else training loss) has not improved for
+    ``patience`` epochs, and puts the best epoch's weights back."""
+
+    def __init__(self, model: MLP, patience: int) -> None:
+        self.model, self.patience = model, patience
+        self.best_loss, self.best_epoch = math.inf, 0
+        self.best_weights = model._snapshot()
+
+    def stop(self, epoch: int, figures: dict[str, float]) -> bool:
+        monitored = figures.get("val_loss", figures["loss"])
+        if monitored < self.best_loss:
+            self.best_loss, self.best_epoch = monitored, epoch
+            self.model._snapshot_into(self.best_weights)
+            return False
+        return epoch - self.best_epoch >= self.patience
+
+    def restore_best(self, history: History) -> None:
+        self.model._restore(self.best_weights)
+        history.best_epoch = self.best_epoch
+
+
+def _check_activations(activation: object, n_hidden: int, layers: Sequence[int]) -> list[str]:
+    """One activation name per hidden layer, from one name or a list of them."""
+    if isinstance(activation, str) or not isinstance(activation, Sequence):
+        check_name(activation, ACTIVATIONS, "activation")
+        names: list[Any] = [activation] * n_hidden
+    else:
+        names = list(activation)
+        if len(names) != n_hidden:
+            raise ValueError(
+                f"activation lists one name per hidden layer: {n_hidden} for layers "
+                f"{list(layers)}; got {len(names)}"
+            )
+    return [check_name(a, ACTIVATIONS, f"activation[{i}]") for i, a in enumerate(names)]
+
+
+def _check_fit_arguments(
+    epochs: object,
+    batch_size: object,
+    optimizer: Optimizer | str | None,
+    lr: float | None,
+    shuffle: object,
+    seed: object,
+    patience: object,
+    verbose: object,
+) -> _FitSettings:
+    epochs = check_int(epochs, "epochs", 1)
+    batch_size = check_int(batch_size, "batch_size", 1)
+    opt = make_optimizer(optimizer, lr)
+    for flag, value in (("shuffle", shuffle), ("verbose", verbose)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{flag} must be a bool; got {value!r}")
+    return _FitSettings(
+        epochs=epochs,
+        batch_size=batch_size,
+        optimizer=opt,
+        shuffle=bool(shuffle),
+        seed=None if seed is None else check_int(seed, "seed", 0),
+        patience=None if patience is None else check_int(patience, "patience", 1),
+        verbose=bool(verbose),
+    )
+
+
+def _check_validation_arguments(
+    validation_split: object, validation_data: tuple[object, object] | None
+) -> None:
+    if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)):
+        raise TypeError(f"validation_split must be a number in [0, 1); got {validation_split!r}")
+    if not 0.0 <= validation_split < 1.0:
+        raise ValueError(f"validation_split must be in [0, 1); got {validation_split}")
+    if validation_split and validation_data is not None:
+        raise ValueError("give validation_split or validation_data, not both")
+    if validation_data is not None and (
+        not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2
+    ):
+        raise ValueError("validation_data must be an (X, y) pair")
+
+
+def _progress(epochs: int, verbose: bool) -> Any:
     """A tqdm bar over epochs when verbose and tqdm is installed; None otherwise."""
     if not verbose:
         return None

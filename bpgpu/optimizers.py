@@ -61,7 +61,7 @@ class Optimizer:
     slots: ClassVar[tuple[str, ...]] = ()
 
     if TYPE_CHECKING:  # a field of every subclass, declared there after the rule's own
-        weight_decay: float
+        weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -246,7 +246,9 @@ class Adam(Optimizer):
 
 
 #: every optimizer by name, for ``make_optimizer``, the CLI and the benchmark
-OPTIMIZERS: dict[str, type[Optimizer]] = {cls.kind: cls for cls in (SGD, RMSprop, Adam)}
+OPTIMIZERS: dict[str, type[SGD] | type[RMSprop] | type[Adam]] = {
+    cls.kind: cls for cls in (SGD, RMSprop, Adam)
+}
 
 
 def make_optimizer(optimizer: Optimizer | str | None, lr: float | None = None) -> Optimizer:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -28,18 +29,16 @@ def check_int(value: object, name: str, minimum: int = 1) -> int:
 
 
 def check_layers(layers: object) -> tuple[int, ...]:
-    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__len__"):
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
         raise TypeError(
             f"layers must be a list of layer sizes such as [784, 512, 10]; got {layers!r}"
         )
-    sizes = tuple(layers)  # type: ignore[arg-type]
+    sizes = tuple(layers)
     if len(sizes) < 2:
         raise ValueError(
             f"layers must hold at least two sizes (inputs and outputs); got {list(sizes)}"
         )
-    for i, n in enumerate(sizes):
-        check_int(n, f"layers[{i}]", 1)
-    return tuple(int(n) for n in sizes)
+    return tuple(check_int(n, f"layers[{i}]", 1) for i, n in enumerate(sizes))
 
 
 def _real_array(value: object, name: str) -> np.ndarray:

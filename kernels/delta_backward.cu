@@ -19,11 +19,11 @@ __device__ void delta_backward(const T* __restrict__ D, const T* __restrict__ W,
   for_each_output(acc, row0, col0, m, k, [&](long long e, int, T v) { out[e] = v * derivative<A>(A_prev[e]); });
 }
 
-#define DELTA_BACKWARD_ENTRY(T, SUF, NAME, A)                                                          \
-  extern "C" __global__ void __launch_bounds__(GEMM_THREADS) delta_backward_##NAME##_##SUF(           \
-      const T* D, const T* W, const T* A_prev, T* out, int m, int k, int n) {                         \
-    delta_backward<T, A>(D, W, A_prev, out, m, k, n);                                                 \
-  }                                                                                                    \
+#define DELTA_BACKWARD_ENTRY(T, SUF, NAME, A)                                                               \
+  extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                                \
+      delta_backward_##NAME##_##SUF(const T* D, const T* W, const T* A_prev, T* out, int m, int k, int n) { \
+    delta_backward<T, A>(D, W, A_prev, out, m, k, n);                                                       \
+  }                                                                                                         \
   BPGPU_REGISTER(delta_backward_##NAME##_##SUF)
 #define DELTA_BACKWARD_F32(NAME, A) DELTA_BACKWARD_ENTRY(float, f32, NAME, A)
 #define DELTA_BACKWARD_F64(NAME, A) DELTA_BACKWARD_ENTRY(double, f64, NAME, A)

@@ -19,11 +19,11 @@ __device__ void dense_forward(const T* __restrict__ X, const T* __restrict__ W, 
   for_each_output(acc, row0, col0, m, n, [&](long long e, int j, T v) { out[e] = activate<A>(v + bias[j]); });
 }
 
-#define DENSE_FORWARD_ENTRY(T, SUF, NAME, A)                                                     \
-  extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                     \
+#define DENSE_FORWARD_ENTRY(T, SUF, NAME, A)                                                          \
+  extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                          \
       dense_forward_##NAME##_##SUF(const T* X, const T* W, const T* b, T* out, int m, int k, int n) { \
-    dense_forward<T, A>(X, W, b, out, m, k, n);                                                  \
-  }                                                                                              \
+    dense_forward<T, A>(X, W, b, out, m, k, n);                                                       \
+  }                                                                                                   \
   BPGPU_REGISTER(dense_forward_##NAME##_##SUF)
 #define DENSE_FORWARD_F32(NAME, A) DENSE_FORWARD_ENTRY(float, f32, NAME, A)
 #define DENSE_FORWARD_F64(NAME, A) DENSE_FORWARD_ENTRY(double, f64, NAME, A)

@@ -19,10 +19,10 @@ __device__ void gather_rows(const T* __restrict__ src, const long long* __restri
   }
 }
 
-#define GATHER_ENTRY(T, SUF)                                                                          \
-  extern "C" __global__ void __launch_bounds__(ELEMENT_THREADS) gather_rows_##SUF(                    \
-      const T* src, const long long* index, T* out, int rows, int n, int src_rows) {                  \
-    gather_rows<T>(src, index, out, rows, n, src_rows);                                               \
-  }                                                                                                   \
+#define GATHER_ENTRY(T, SUF)                                                                           \
+  extern "C" __global__ void __launch_bounds__(ELEMENT_THREADS)                                        \
+      gather_rows_##SUF(const T* src, const long long* index, T* out, int rows, int n, int src_rows) { \
+    gather_rows<T>(src, index, out, rows, n, src_rows);                                                \
+  }                                                                                                    \
   BPGPU_REGISTER(gather_rows_##SUF)
 BPGPU_TYPES(GATHER_ENTRY)

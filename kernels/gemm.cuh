@@ -14,9 +14,9 @@
 #include "common.cuh"
 
 template <class T, bool TA, bool TB>
-__device__ __forceinline__ void gemm_tile(const T* __restrict__ A, int lda, const T* __restrict__ B, int ldb,
-                                          int M, int N, int kb, int ke, int row0, int col0,
-                                          T (&acc)[THREAD_M][THREAD_N], T (&colsum)[THREAD_N], bool want_colsum) {
+__device__ __forceinline__ void gemm_tile(const T* __restrict__ A, int lda, const T* __restrict__ B, int ldb, int M,
+                                          int N, int kb, int ke, int row0, int col0, T (&acc)[THREAD_M][THREAD_N],
+                                          T (&colsum)[THREAD_N], bool want_colsum) {
   __shared__ T As[TILE_K][TILE_M + 1];
   __shared__ T Bs[TILE_K][TILE_N + 1];
   const int tid = threadIdx.x;

@@ -31,7 +31,7 @@ enum Loss { LOSS_CROSS_ENTROPY = 0, LOSS_MSE = 1 };
 
 #define BPGPU_OUTPUTS(X) X(softmax, OUT_SOFTMAX) X(sigmoid, OUT_SIGMOID) X(identity, OUT_IDENTITY)
 // X(output name, output, loss name, loss): the pairs of bpgpu/functions.py COMBINATIONS
-#define BPGPU_OUTPUT_LOSSES(X)                              \
+#define BPGPU_OUTPUT_LOSSES(X)                               \
   X(softmax, OUT_SOFTMAX, cross_entropy, LOSS_CROSS_ENTROPY) \
   X(softmax, OUT_SOFTMAX, mse, LOSS_MSE)                     \
   X(sigmoid, OUT_SIGMOID, cross_entropy, LOSS_CROSS_ENTROPY) \
@@ -73,8 +73,9 @@ __device__ __forceinline__ int first_argmax(const T* v, int n) {
 
 // Row r's output, delta and per-sample loss and correctness (see the table above).
 template <class T, int O, int L>
-__device__ __noinline__ void output_delta_row(int r, const T* __restrict__ Z, const T* __restrict__ Y, T* __restrict__ A,
-                                 T* __restrict__ D, double* __restrict__ rows, int m, int n) {
+__device__ __noinline__ void output_delta_row(int r, const T* __restrict__ Z, const T* __restrict__ Y,
+                                              T* __restrict__ A, T* __restrict__ D, double* __restrict__ rows, int m,
+                                              int n) {
   const long long off = (long long)r * n;
   const T *z = Z + off, *y = Y + off;
   T *a = A + off, *d = D + off;
@@ -125,8 +126,8 @@ __device__ __noinline__ void output_delta_row(int r, const T* __restrict__ Z, co
 }
 
 template <class T, int O, int L>
-__device__ void output_delta(const T* __restrict__ Z, const T* __restrict__ Y, T* __restrict__ A,
-                             T* __restrict__ D, double* __restrict__ rows, int m, int n) {
+__device__ void output_delta(const T* __restrict__ Z, const T* __restrict__ Y, T* __restrict__ A, T* __restrict__ D,
+                             double* __restrict__ rows, int m, int n) {
   const int r = blockIdx.x * blockDim.x + threadIdx.x;
   if (r < m) output_delta_row<T, O, L>(r, Z, Y, A, D, rows, m, n);
 }
@@ -175,28 +176,27 @@ extern "C" __global__ void __launch_bounds__(REDUCE_THREADS)
 }
 BPGPU_REGISTER(row_stats_reduce)
 
-#define OUTPUT_FORWARD_ENTRY(T, SUF, NAME, O)                                                           \
-  extern "C" __global__ void __launch_bounds__(ROW_THREADS)                                             \
-      output_forward_##NAME##_##SUF(const T* Z, T* A, int m, int n) {                                   \
-    output_forward<T, O>(Z, A, m, n);                                                                   \
-  }                                                                                                     \
+#define OUTPUT_FORWARD_ENTRY(T, SUF, NAME, O)                         \
+  extern "C" __global__ void __launch_bounds__(ROW_THREADS)           \
+      output_forward_##NAME##_##SUF(const T* Z, T* A, int m, int n) { \
+    output_forward<T, O>(Z, A, m, n);                                 \
+  }                                                                   \
   BPGPU_REGISTER(output_forward_##NAME##_##SUF)
 #define OUTPUT_FORWARD_F32(NAME, O) OUTPUT_FORWARD_ENTRY(float, f32, NAME, O)
 #define OUTPUT_FORWARD_F64(NAME, O) OUTPUT_FORWARD_ENTRY(double, f64, NAME, O)
 BPGPU_OUTPUTS(OUTPUT_FORWARD_F32)
 BPGPU_OUTPUTS(OUTPUT_FORWARD_F64)
 
-#define OUTPUT_DELTA_ENTRY(T, SUF, ONAME, O, LNAME, L)                                                  \
-  extern "C" __global__ void __launch_bounds__(ROW_THREADS) output_delta_##ONAME##_##LNAME##_##SUF(   \
-      const T* Z, const T* Y, T* A, T* D, double* rows, int m, int n) {                                 \
-    output_delta<T, O, L>(Z, Y, A, D, rows, m, n);                                                      \
-  }                                                                                                     \
-  BPGPU_REGISTER(output_delta_##ONAME##_##LNAME##_##SUF)                                              \
-  extern "C" __global__ void __launch_bounds__(GEMM_THREADS) dense_output_delta_##ONAME##_##LNAME##_##SUF( \
-      const T* A_prev, const T* W, const T* b, T* Z, const T* Y, T* A, T* D, double* rows, int m, int k,   \
-      int n) {                                                                                           \
-    dense_output_delta<T, O, L>(A_prev, W, b, Z, Y, A, D, rows, m, k, n);                               \
-  }                                                                                                     \
+#define OUTPUT_DELTA_ENTRY(T, SUF, ONAME, O, LNAME, L)                                                            \
+  extern "C" __global__ void __launch_bounds__(ROW_THREADS)                                                       \
+      output_delta_##ONAME##_##LNAME##_##SUF(const T* Z, const T* Y, T* A, T* D, double* rows, int m, int n) {    \
+    output_delta<T, O, L>(Z, Y, A, D, rows, m, n);                                                                \
+  }                                                                                                               \
+  BPGPU_REGISTER(output_delta_##ONAME##_##LNAME##_##SUF)                                                          \
+  extern "C" __global__ void __launch_bounds__(GEMM_THREADS) dense_output_delta_##ONAME##_##LNAME##_##SUF(        \
+      const T* A_prev, const T* W, const T* b, T* Z, const T* Y, T* A, T* D, double* rows, int m, int k, int n) { \
+    dense_output_delta<T, O, L>(A_prev, W, b, Z, Y, A, D, rows, m, k, n);                                         \
+  }                                                                                                               \
   BPGPU_REGISTER(dense_output_delta_##ONAME##_##LNAME##_##SUF)
 #define OUTPUT_DELTA_F32(ON, O, LN, L) OUTPUT_DELTA_ENTRY(float, f32, ON, O, LN, L)
 #define OUTPUT_DELTA_F64(ON, O, LN, L) OUTPUT_DELTA_ENTRY(double, f64, ON, O, LN, L)

@@ -14,19 +14,18 @@
 //     rows [z * rows_per_split, (z + 1) * rows_per_split) into partW[z] (k, n), partb[z] (n,).
 //   weight_finish_<opt>_<f32|f64>: grid ceil((k * n + n) / ELEMENT_THREADS) (capped; grid-stride),
 //     ELEMENT_THREADS threads; sums the splits in order z = 0, 1, ... (deterministic: no atomics) and steps.
-// Optimizer arguments (step, lr, wd, h1, h2, eps) are described in optimizers.cuh.
+// scalars: the optimizer's OPT_SCALARS numbers of this update in device memory (optimizers.cuh).
 #include "gemm.cuh"
 #include "optimizers.cuh"
 
 template <class T, int O>
-__device__ void weight_update(const T* __restrict__ A, const T* __restrict__ D, T* W, T* b, T* sW1, T* sW2,
-                              T* sb1, T* sb2, const OptArgs<T>& o, int m, int k, int n) {
+__device__ void weight_update(const T* __restrict__ A, const T* __restrict__ D, T* W, T* b, T* sW1, T* sW2, T* sb1,
+                              T* sb2, const OptArgs<T>& o, int m, int k, int n) {
   const int row0 = block_row0(), col0 = block_col0();
   const bool bias_block = row0 == 0;
   T acc[THREAD_M][THREAD_N], colsum[THREAD_N];
   gemm_tile<T, true, false>(A, k, D, n, k, n, 0, m, row0, col0, acc, colsum, bias_block);
-  for_each_output(acc, row0, col0, k, n,
-                  [&](long long e, int, T g) { opt_apply_weight<T, O>(W, e, g, sW1, sW2, o); });
+  for_each_output(acc, row0, col0, k, n, [&](long long e, int, T g) { opt_apply_weight<T, O>(W, e, g, sW1, sW2, o); });
   if (bias_block && threadIdx.x < GEMM_THREADS_N) {
 #pragma unroll
     for (int j = 0; j < THREAD_N; ++j) {
@@ -58,8 +57,8 @@ __device__ void weight_partial(const T* __restrict__ A, const T* __restrict__ D,
 }
 
 template <class T, int O>
-__device__ void weight_finish(const T* __restrict__ partW, const T* __restrict__ partb, int splits, T* W, T* b,
-                              T* sW1, T* sW2, T* sb1, T* sb2, const OptArgs<T>& o, int k, int n) {
+__device__ void weight_finish(const T* __restrict__ partW, const T* __restrict__ partb, int splits, T* W, T* b, T* sW1,
+                              T* sW2, T* sb1, T* sb2, const OptArgs<T>& o, int k, int n) {
   const long long kn = (long long)k * n;
   const long long stride = (long long)gridDim.x * blockDim.x;
   for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < kn + n; e += stride) {
@@ -75,30 +74,30 @@ __device__ void weight_finish(const T* __restrict__ partW, const T* __restrict__
   }
 }
 
-#define OPT_PARAMS const int *step, double lr, double wd, double h1, double h2, double eps
-#define WEIGHT_UPDATE_ENTRY(T, SUF, NAME, O)                                                               \
-  extern "C" __global__ void __launch_bounds__(GEMM_THREADS) weight_update_##NAME##_##SUF(               \
-      const T* A, const T* D, T* W, T* b, T* sW1, T* sW2, T* sb1, T* sb2, OPT_PARAMS, int m, int k, int n) { \
-    const OptArgs<T> o = opt_args<T, O>(step, lr, wd, h1, h2, eps);                                       \
-    weight_update<T, O>(A, D, W, b, sW1, sW2, sb1, sb2, o, m, k, n);                                      \
-  }                                                                                                        \
-  BPGPU_REGISTER(weight_update_##NAME##_##SUF)                                                             \
-  extern "C" __global__ void __launch_bounds__(ELEMENT_THREADS) weight_finish_##NAME##_##SUF(            \
-      const T* partW, const T* partb, int splits, T* W, T* b, T* sW1, T* sW2, T* sb1, T* sb2, OPT_PARAMS,  \
-      int k, int n) {                                                                                      \
-    const OptArgs<T> o = opt_args<T, O>(step, lr, wd, h1, h2, eps);                                       \
-    weight_finish<T, O>(partW, partb, splits, W, b, sW1, sW2, sb1, sb2, o, k, n);                         \
-  }                                                                                                        \
+#define WEIGHT_UPDATE_ENTRY(T, SUF, NAME, O)                                                                       \
+  extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                                       \
+      weight_update_##NAME##_##SUF(const T* A, const T* D, T* W, T* b, T* sW1, T* sW2, T* sb1, T* sb2,             \
+                                   const double* scalars, int m, int k, int n) {                                   \
+    const OptArgs<T> o = opt_args<T>(scalars);                                                                     \
+    weight_update<T, O>(A, D, W, b, sW1, sW2, sb1, sb2, o, m, k, n);                                               \
+  }                                                                                                                \
+  BPGPU_REGISTER(weight_update_##NAME##_##SUF)                                                                     \
+  extern "C" __global__ void __launch_bounds__(ELEMENT_THREADS)                                                    \
+      weight_finish_##NAME##_##SUF(const T* partW, const T* partb, int splits, T* W, T* b, T* sW1, T* sW2, T* sb1, \
+                                   T* sb2, const double* scalars, int k, int n) {                                  \
+    const OptArgs<T> o = opt_args<T>(scalars);                                                                     \
+    weight_finish<T, O>(partW, partb, splits, W, b, sW1, sW2, sb1, sb2, o, k, n);                                  \
+  }                                                                                                                \
   BPGPU_REGISTER(weight_finish_##NAME##_##SUF)
 #define WEIGHT_UPDATE_F32(NAME, O) WEIGHT_UPDATE_ENTRY(float, f32, NAME, O)
 #define WEIGHT_UPDATE_F64(NAME, O) WEIGHT_UPDATE_ENTRY(double, f64, NAME, O)
 BPGPU_OPTIMIZERS(WEIGHT_UPDATE_F32)
 BPGPU_OPTIMIZERS(WEIGHT_UPDATE_F64)
 
-#define WEIGHT_PARTIAL_ENTRY(T, SUF)                                                                        \
-  extern "C" __global__ void __launch_bounds__(GEMM_THREADS) weight_partial_##SUF(                         \
-      const T* A, const T* D, T* partW, T* partb, int m, int k, int n, int rows_per_split) {                \
-    weight_partial<T>(A, D, partW, partb, m, k, n, rows_per_split);                                         \
-  }                                                                                                         \
+#define WEIGHT_PARTIAL_ENTRY(T, SUF)                                                                              \
+  extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                                      \
+      weight_partial_##SUF(const T* A, const T* D, T* partW, T* partb, int m, int k, int n, int rows_per_split) { \
+    weight_partial<T>(A, D, partW, partb, m, k, n, rows_per_split);                                               \
+  }                                                                                                               \
   BPGPU_REGISTER(weight_partial_##SUF)
 BPGPU_TYPES(WEIGHT_PARTIAL_ENTRY)

@@ -1,4 +1,4 @@
-"""Issue 2 item 7: every bad input raises ValueError (TypeError for a wrong type) naming the
+"""Every bad input raises ValueError (TypeError for a wrong type) naming the
 argument; a failed fit leaves the weights exactly as they were; divergence is reported."""
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ def data(rng):
 
 def same_weights(a, b) -> bool:
     return all(
-        np.array_equal(W1, W2) and np.array_equal(b1, b2) for (W1, b1), (W2, b2) in zip(a, b)
+        np.array_equal(W1, W2) and np.array_equal(b1, b2)
+        for (W1, b1), (W2, b2) in zip(a, b, strict=True)
     )
 
 
@@ -185,7 +186,7 @@ def test_single_sigmoid_output_targets_must_be_in_0_1(rng):
 
 
 def test_empty_y(net):
-    with pytest.raises(ValueError, match="empty|lengths"):
+    with pytest.raises(ValueError, match=r"empty|lengths"):
         net.fit(np.zeros((0, 4)), np.zeros(0, dtype=int))
 
 

@@ -20,7 +20,7 @@ def _run(capsys, argv: list[str]) -> tuple[int, str, str]:
 
 def test_train_digits_prints_accuracy_time_backend(capsys):
     argv = ["train", "--dataset", "digits", "--layers", "64-32-16-10", "--optimizer", "adam"]
-    code, out, err = _run(capsys, argv + ["--lr", "0.01", *QUICK])
+    code, out, err = _run(capsys, [*argv, "--lr", "0.01", *QUICK])
     assert code == 0, err
     accuracy = float(out.split("test accuracy:")[1].split()[0])
     assert 0.5 < accuracy <= 1.0  # 3 epochs of Adam at 0.01 learn most of digits

@@ -131,7 +131,7 @@ def test_mismatched_counts_and_labels(tmp_path):
     with pytest.raises(ValueError, match="7 images but"):
         datasets.mnist(tmp_path)
     (tmp_path / "train-labels-idx1-ubyte").write_bytes(_idx(np.full(7, 10), 0x801))
-    with pytest.raises(ValueError, match="labels must be 0..9"):
+    with pytest.raises(ValueError, match=r"labels must be 0\.\.9"):
         datasets.mnist(tmp_path)
 
 

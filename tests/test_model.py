@@ -107,7 +107,7 @@ def test_labels_and_one_hot_targets_agree(rng):
     net = bpgpu.MLP([4, 3], backend="numpy", dtype="float64", seed=0)
     X, y = rng.normal(size=(10, 4)), rng.integers(0, 3, 10)
     assert net.loss(X, y) == net.loss(X, np.eye(3)[y])
-    for (a, b), (c, d) in zip(net.gradients(X, y), net.gradients(X, np.eye(3)[y])):
+    for (a, b), (c, d) in zip(net.gradients(X, y), net.gradients(X, np.eye(3)[y]), strict=True):
         np.testing.assert_array_equal(a, c)
         np.testing.assert_array_equal(b, d)
 

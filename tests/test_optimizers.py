@@ -1,13 +1,18 @@
 """Every optimizer rule of bpgpu/optimizers.py over several steps, against a float64 loop
-written out here, through the NumPy backend's fused weight update."""
+written out here, through the weight update of the reference backend and of the NumPy backend
+(on one thread and split across three). The other backends are compared with the reference in
+tests/test_conformance.py."""
 
 from __future__ import annotations
+
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
 
 import bpgpu
 from bpgpu.backends.numpy_backend import NumpyBackend
+from bpgpu.backends.reference import ReferenceBackend
 from bpgpu.optimizers import make_optimizer
 
 STEPS = 7
@@ -53,14 +58,22 @@ class Reference:
         return P - o.lr * m_hat / (np.sqrt(v_hat) + o.eps)
 
 
-@pytest.mark.parametrize("threads", [1, 3])
+def backend(name: str):
+    """The reference, or the NumPy backend on 1 or 3 threads (every op split however small)."""
+    if name == "reference":
+        return ReferenceBackend(), nullcontext
+    xp = NumpyBackend(threads=int(name[-1]))
+    xp.rows.min_op_elements = 0
+    return xp, lambda: xp.rows.parallel(xp.rows.min_step_elements)
+
+
+@pytest.mark.parametrize("name", ["reference", "numpy-1", "numpy-3"])
 @pytest.mark.parametrize("opt", OPTIMIZERS, ids=repr)
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (5, 3, 7), (33, 129, 10), (2, 600, 1000)])
-def test_update_rule_over_several_steps(rng, opt, m, k, n, threads):
-    # threads=3: gradient and update split across threads however small the arrays;
-    # 600 x 1000: the update walks W in several cache-sized row blocks
-    xp = NumpyBackend(threads=threads)
-    xp.rows.min_op_elements = 0
+def test_update_rule_over_several_steps(rng, opt, m, k, n, name):
+    # numpy-3: gradient and update split across threads however small the arrays;
+    # 600 x 1000: the NumPy backend walks W in several cache-sized row blocks
+    xp, scope = backend(name)
     W, b = rng.normal(size=(k, n)), rng.normal(size=n)
     state = xp.optimizer_state(opt, W, b)
     refW, refb = Reference(opt, W.shape, decay=True), Reference(opt, b.shape, decay=False)
@@ -69,7 +82,7 @@ def test_update_rule_over_several_steps(rng, opt, m, k, n, threads):
         A, D = rng.normal(size=(m, k)), rng.normal(size=(m, n))
         W_want = refW.step(W_want, A.T @ D)
         b_want = refb.step(b_want, D.sum(axis=0))
-        with xp.rows.parallel(xp.rows.min_step_elements):
+        with scope():
             xp.weight_update(A, D, W, b, state)
     assert state.t == STEPS
     np.testing.assert_allclose(W, W_want, rtol=1e-11, atol=1e-12)

@@ -50,7 +50,7 @@ def test_round_trip(tmp_path, rng, dtype):
         "cross_entropy",
         np.dtype(dtype),
     )
-    for (W1, b1), (W2, b2) in zip(net.get_weights(), back.get_weights()):
+    for (W1, b1), (W2, b2) in zip(net.get_weights(), back.get_weights(), strict=True):
         assert W2.dtype == np.dtype(dtype)
         np.testing.assert_array_equal(W1, W2)
         np.testing.assert_array_equal(b1, b2)
@@ -116,7 +116,7 @@ def test_pickled_object_array_raises_value_error(tmp_path, trained):
 def test_file_that_is_not_a_model(tmp_path):
     other = tmp_path / "other.npz"
     np.savez(other, a=np.arange(3))
-    with pytest.raises(ValueError, match="format_version|not a bpgpu model"):
+    with pytest.raises(ValueError, match=r"format_version|not a bpgpu model"):
         bpgpu.load(other, backend="numpy")
 
 

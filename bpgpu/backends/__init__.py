@@ -1,21 +1,36 @@
 """Backends by name, imported only when asked for, so ``import bpgpu`` never touches CUDA.
 
-``auto`` (or the ``BPGPU_BACKEND`` environment variable) takes the first that can run, in the
-order cupy, numba, numpy.
+``REGISTRY`` is the one list of backends: ``get_backend``, ``bpgpu info``, ``bpgpu.ops`` and
+the test suite's backend fixture all follow it. ``auto`` (or the ``BPGPU_BACKEND`` environment
+variable) takes the first engine that can run natively, in the order cupy, numba, numpy; the
+reference and the CPU emulation of the CUDA C kernels are there for tests and teaching.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+from dataclasses import dataclass
 
 from bpgpu.backends.base import Backend, BackendUnavailableError
 
-#: name -> "module:Class", in the order ``auto`` tries them
-REGISTRY: dict[str, str] = {
-    "cupy": "bpgpu.backends.cupy_backend:CupyBackend",
-    "numba": "bpgpu.backends.numba_backend:NumbaBackend",
-    "numpy": "bpgpu.backends.numpy_backend:NumpyBackend",
+
+@dataclass(frozen=True)
+class Entry:
+    """Where a backend's class lives ("module:Class"), and whether it is an engine: one that
+    ``auto`` may choose and ``available_backends`` lists, in the registry's order."""
+
+    target: str
+    engine: bool
+
+
+REGISTRY: dict[str, Entry] = {
+    "cupy": Entry("bpgpu.backends.cupy_backend:CupyBackend", engine=True),
+    "numba": Entry("bpgpu.backends.numba_backend:NumbaBackend", engine=True),
+    "numpy": Entry("bpgpu.backends.numpy_backend:NumpyBackend", engine=True),
+    "cuda-emulated": Entry("bpgpu.backends.cuda_emulated:CudaEmulatedBackend", engine=False),
+    "reference": Entry("bpgpu.backends.reference:ReferenceBackend", engine=False),
 }
 
 _instances: dict[str, Backend] = {}
@@ -27,16 +42,12 @@ def _load(name: str) -> Backend:
         return _instances[name]
     if name in _unavailable:
         raise BackendUnavailableError(_unavailable[name])
-    module_name, class_name = REGISTRY[name].split(":")
+    module_name, class_name = REGISTRY[name].target.split(":")
     try:
-        module = importlib.import_module(module_name)
-        cls = getattr(module, class_name)
+        cls = getattr(importlib.import_module(module_name), class_name)
         cls.probe()
         backend = cls()
-    except BackendUnavailableError as exc:
-        _unavailable[name] = f"backend {name!r} is not available: {exc}"
-        raise BackendUnavailableError(_unavailable[name]) from None
-    except ImportError as exc:
+    except (BackendUnavailableError, ImportError) as exc:
         _unavailable[name] = f"backend {name!r} is not available: {exc}"
         raise BackendUnavailableError(_unavailable[name]) from None
     _instances[name] = backend
@@ -44,10 +55,11 @@ def _load(name: str) -> Backend:
 
 
 def get_backend(name: str | Backend | None = "auto") -> Backend:
-    """The backend called ``name`` ('auto', 'cupy', 'numba', 'numpy'), or a Backend as given.
+    """The backend called ``name`` (see REGISTRY, or 'auto'), or a Backend as given.
 
-    ``None`` and 'auto' read ``BPGPU_BACKEND`` first; 'auto' then takes the first that runs.
-    Raises BackendUnavailableError with the reason when a named backend cannot run here.
+    ``None`` and 'auto' read ``BPGPU_BACKEND`` first; 'auto' then takes the first engine that
+    runs natively. Raises BackendUnavailableError with the reason when a named backend cannot
+    run here.
     """
     if isinstance(name, Backend):
         return name
@@ -58,11 +70,8 @@ def get_backend(name: str | Backend | None = "auto") -> Backend:
     if name == "auto":
         name = os.environ.get("BPGPU_BACKEND", "auto") or "auto"
     if name == "auto":
-        for candidate in REGISTRY:
-            try:
-                backend = _load(candidate)
-            except BackendUnavailableError:
-                continue
+        for candidate in available_backends():
+            backend = _load(candidate)
             if not backend.simulated:
                 return backend
         raise BackendUnavailableError("no backend can run here")  # numpy always can
@@ -72,9 +81,11 @@ def get_backend(name: str | Backend | None = "auto") -> Backend:
 
 
 def available_backends() -> list[str]:
-    """Names of the backends that can run on this machine, in the order ``auto`` tries them."""
+    """Names of the engines that can run on this machine, in the order ``auto`` tries them."""
     names = []
-    for name in REGISTRY:
+    for name, entry in REGISTRY.items():
+        if not entry.engine:
+            continue
         try:
             _load(name)
         except BackendUnavailableError:
@@ -84,8 +95,10 @@ def available_backends() -> list[str]:
 
 
 def unavailable_reasons() -> dict[str, str]:
-    """For each backend that cannot run here, why not."""
-    available_backends()
+    """For each registered backend that cannot run here, why not."""
+    for name in REGISTRY:
+        with contextlib.suppress(BackendUnavailableError):
+            _load(name)
     return dict(_unavailable)
 
 
@@ -93,6 +106,7 @@ __all__ = [
     "REGISTRY",
     "Backend",
     "BackendUnavailableError",
+    "Entry",
     "available_backends",
     "get_backend",
     "unavailable_reasons",

@@ -13,8 +13,9 @@ import os
 
 import numpy as np
 
-from bpgpu.backends import cuda_source as cs
 from bpgpu.backends.base import Array, Backend, BackendUnavailableError, OptimizerState
+from bpgpu.backends.cuda_launch import element_geometry, tile_grid
+from bpgpu.functions import ACTIVATIONS, LOSSES, OUTPUTS
 
 
 def _blocks(n: int, per_block: int) -> int:
@@ -23,26 +24,25 @@ def _blocks(n: int, per_block: int) -> int:
 
 class NumbaBackend(Backend):
     name = "numba"
+    max_elements = 2**31 - 1
 
     @classmethod
     def probe(cls) -> None:
         try:
-            from numba import cuda
+            from bpgpu.backends import numba_kernels
         except ImportError as exc:
             raise BackendUnavailableError(f"numba-cuda is not installed ({exc})") from None
         if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
             return
-        if not cuda.is_available():
+        if not numba_kernels.cuda.is_available():
             raise BackendUnavailableError("numba found no CUDA GPU (cuda.is_available() is False)")
 
     def __init__(self) -> None:
-        from numba import config, cuda
-
         from bpgpu.backends import numba_kernels
 
-        self._cuda = cuda
+        self._cuda = numba_kernels.cuda
         self._k = numba_kernels
-        self.simulated = bool(config.ENABLE_CUDASIM)
+        self.simulated = numba_kernels.SIMULATED
         self._cupy = None
         if not self.simulated:
             try:
@@ -59,10 +59,8 @@ class NumbaBackend(Backend):
         self._dummy: dict[np.dtype, Array] = {}
 
     def describe(self) -> dict[str, str]:
-        import numba
-
         info = super().describe()
-        info["numba"] = numba.__version__
+        info["numba"] = self._k.NUMBA_VERSION
         info["arrays"] = "cupy" if self._cupy is not None else "numba"
         info["device"] = (
             "CUDA simulator" if self.simulated else str(self._cuda.get_current_device().name)
@@ -118,7 +116,7 @@ class NumbaBackend(Backend):
         else:
             self._cuda.synchronize()
 
-    def _is_c_contiguous(self, array: Array) -> bool:
+    def is_c_contiguous(self, array: Array) -> bool:
         if self._cupy is not None:
             return bool(array.flags.c_contiguous)
         return bool(array.is_c_contiguous())
@@ -129,62 +127,58 @@ class NumbaBackend(Backend):
         self, A, B, trans_a: bool, trans_b: bool, bias, aux, act: str, mode: int, out
     ) -> None:
         k = self._k
-        grid = cs.tile_grid(*out.shape, k.TILE, k.TILE)
+        grid = tile_grid(out.shape[0], out.shape[1], k.TILE, k.TILE)
         kernel = k.GEMM[np.dtype(out.dtype)]
         self._launch(kernel, grid, (k.THREADS, k.THREADS))(
-            A, B, trans_a, trans_b, bias, aux, k.ACT[act], mode, out
+            A, B, trans_a, trans_b, bias, aux, ACTIVATIONS[act].code, mode, out
         )
 
-    def dense_forward(self, X: Array, W: Array, b: Array, activation: str, out: Array) -> Array:
-        self._check_dense_forward(X, W, b, activation, out)
+    def _dense_forward(self, X: Array, W: Array, b: Array, activation: str, out: Array) -> Array:
         self._gemm(X, W, False, False, b, out, activation, self._k.EPI_FORWARD, out)
         return out
 
-    def delta_backward(
+    def _delta_backward(
         self, D: Array, W: Array, A_prev: Array, activation: str, out: Array
     ) -> Array:
-        self._check_delta_backward(D, W, A_prev, activation, out)
         self._gemm(D, W, False, True, W[0], A_prev, activation, self._k.EPI_DERIVATIVE, out)
         return out
 
-    def weight_gradient(self, A_prev: Array, D: Array, out_W: Array, out_b: Array) -> None:
-        _, _, n = self._check_weight_step(A_prev, D, out_W, out_b, ("out_W", "out_b"))
+    def _weight_gradient(self, A_prev: Array, D: Array, out_W: Array, out_b: Array) -> None:
+        n = D.shape[1]
         self._gemm(A_prev, D, True, False, out_b, out_W, "identity", self._k.EPI_STORE, out_W)
         self._launch(self._k.column_sum, _blocks(n, 128), 128)(D, out_b)
 
-    def output_forward(self, Z: Array, output: str, out: Array) -> Array:
-        m, _ = self._check_output_forward(Z, output, out)
-        self._launch(self._k.output_forward, _blocks(m, 128), 128)(Z, self._k.OUT[output], out)
+    def _output_forward(self, Z: Array, output: str, out: Array) -> Array:
+        m = Z.shape[0]
+        self._launch(self._k.output_forward, _blocks(m, 128), 128)(Z, OUTPUTS[output].code, out)
         return out
 
-    def output_delta(
+    def _output_delta(
         self, Z: Array, Y: Array, output: str, loss: str, out_A: Array, out_D: Array, stats: Array
     ) -> None:
-        m, _ = self._check_output_delta(Z, Y, output, loss, out_A, out_D, stats)
+        m = Z.shape[0]
         k = self._k
         row_stats = self._row_stats.get(m)
         if row_stats is None:
-            row_stats = self._row_stats[m] = self.empty((m, 2), np.float64)
+            row_stats = self._row_stats[m] = self.empty((m, 2), np.dtype(np.float64))
         self._launch(k.output_delta, _blocks(m, 128), 128)(
-            Z, Y, k.OUT[output], k.LOSS[loss], 1.0 / m, out_A, out_D, row_stats
+            Z, Y, OUTPUTS[output].code, LOSSES[loss].code, 1.0 / m, out_A, out_D, row_stats
         )
         self._launch(k.add_stats, 1, k.REDUCE_THREADS)(row_stats, stats)
 
-    def weight_update(
+    def _weight_update(
         self, A_prev: Array, D: Array, W: Array, b: Array, state: OptimizerState
     ) -> None:
-        self._check_weight_step(A_prev, D, W, b)
-        scratch = state.scratch
-        if not scratch:
-            scratch.update(gW=self.empty(W.shape, W.dtype), gb=self.empty(b.shape, b.dtype))
-        self.weight_gradient(A_prev, D, scratch["gW"], scratch["gb"])
-        state.t += 1
-        opt = state.optimizer
-        self._step(opt, W, scratch["gW"], state.W, state.t, opt.weight_decay)
-        self._step(opt, b, scratch["gb"], state.b, state.t, 0.0)
+        if state.scratch is None:
+            state.scratch = (self.empty(W.shape, W.dtype), self.empty(b.shape, b.dtype))
+        gW, gb = state.scratch
+        self._weight_gradient(A_prev, D, gW, gb)
+        scalars = state.optimizer.kernel_scalars(state.t)
+        self._step(state.optimizer.code, W, gW, state.W, scalars)
+        self._step(state.optimizer.code, b, gb, state.b, (scalars[0], 0.0, *scalars[2:]))
 
-    def _step(self, opt, P: Array, G: Array, slots: dict, t: int, wd: float) -> None:
-        """P <- P - step(G + wd P) in place, the slot arrays updated (see numba_kernels)."""
+    def _step(self, code: int, P: Array, G: Array, slots: dict, scalars: tuple[float, ...]) -> None:
+        """P <- P - step(G + wd P) in place, the slot arrays updated (numba_kernels)."""
         k = self._k
         dummy = self._dummy.get(np.dtype(P.dtype))
         if dummy is None:
@@ -192,20 +186,12 @@ class NumbaBackend(Backend):
         flat = [a.reshape(a.size) for a in (P, G, *slots.values())]
         s1 = flat[2] if len(flat) > 2 else dummy
         s2 = flat[3] if len(flat) > 3 else dummy
-        kind = opt.kind
-        mu = getattr(opt, "momentum", 0.0)
-        nesterov = bool(getattr(opt, "nesterov", False))
-        c1 = opt.rho if kind == "rmsprop" else getattr(opt, "beta1", 0.0)
-        c2 = getattr(opt, "beta2", 0.0)
-        eps = getattr(opt, "eps", 0.0)
-        bc1 = 1.0 - c1**t if kind == "adam" else 1.0
-        bc2 = 1.0 - c2**t if kind == "adam" else 1.0
         self._launch(k.optimizer_step, min(_blocks(P.size, 256), 1024), 256)(
-            flat[0], flat[1], s1, s2, k.OPT[kind], opt.lr, mu, nesterov, c1, c2, eps, wd, bc1, bc2
+            flat[0], flat[1], s1, s2, code, *scalars
         )
 
-    def gather_rows(self, src: Array, index: Array, out: Array) -> Array:
-        m, n = self._check_gather_rows(src, index, out)
-        grid, block = cs.element_geometry(m * n)
+    def _gather_rows(self, src: Array, index: Array, out: Array) -> Array:
+        m, n = out.shape
+        grid, block = element_geometry(m * n)
         self._launch(self._k.gather_rows, grid, block)(src, index, out)
         return out

@@ -1,22 +1,33 @@
 """numba.cuda kernels of the numba backend: one tiled GEMM with a fused epilogue, the output
 layer with its loss, a deterministic stats reduction, the optimizer step and a row gather.
 
-Every numba import of bpgpu lives here (and in ``numba_backend.py``), so ``import bpgpu`` never
-loads numba. Kernels that need shared memory of the element type are built per dtype.
+Every numba import of bpgpu lives here (the backend reaches numba through this module), so a
+move to numba's successor changes one file, and ``import bpgpu`` never loads numba. Kernels
+that need shared memory of the element type are built per dtype. The activation, output, loss
+and optimizer codes are those of the tables (bpgpu/functions.py, bpgpu/optimizers.py), the
+same the CUDA C kernels switch on.
 """
 
 from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from numba import cuda, float64
 
-#: activation codes (bpgpu.functions.ACTIVATIONS) and output codes (bpgpu.functions.OUTPUTS)
-ACT = {"identity": 0, "sigmoid": 1, "relu": 2, "tanh": 3}
-OUT = {"identity": 0, "sigmoid": 1, "softmax": 2}
-LOSS = {"mse": 0, "cross_entropy": 1}
-OPT = {"sgd": 0, "rmsprop": 1, "adam": 2}
+from bpgpu.functions import ACTIVATIONS, LOSSES, OUTPUTS
+from bpgpu.optimizers import SGD, Adam, RMSprop
+
+NUMBA_VERSION: str = numba.__version__
+#: True on numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1 before numba was first imported)
+SIMULATED: bool = bool(numba.config.ENABLE_CUDASIM)
+
+# the codes, as module constants numba compiles in
+SIGMOID, RELU, TANH = (ACTIVATIONS[a].code for a in ("sigmoid", "relu", "tanh"))
+SOFTMAX_OUT, SIGMOID_OUT = OUTPUTS["softmax"].code, OUTPUTS["sigmoid"].code
+CROSS_ENTROPY, MSE = LOSSES["cross_entropy"].code, LOSSES["mse"].code
+SGD_CODE, RMSPROP_CODE, ADAM_CODE = SGD.code, RMSprop.code, Adam.code
 #: GEMM epilogues: out = act(acc + b) | out = acc * act'(aux) | out = acc
 EPI_FORWARD, EPI_DERIVATIVE, EPI_STORE = 0, 1, 2
 
@@ -28,12 +39,12 @@ REDUCE_THREADS = 128
 
 @cuda.jit(device=True, inline=True)
 def _act(z, code):
-    # f(z): identity, sigmoid = (1 + tanh(z/2)) / 2 (no overflow), relu, tanh
-    if code == 1:
+    # f(z): sigmoid = (1 + tanh(z/2)) / 2 (no overflow), relu, tanh; identity otherwise
+    if code == SIGMOID:
         return 0.5 * (1.0 + math.tanh(0.5 * z))
-    if code == 2:
+    if code == RELU:
         return z if z > 0 else 0.0 * z
-    if code == 3:
+    if code == TANH:
         return math.tanh(z)
     return z
 
@@ -41,11 +52,11 @@ def _act(z, code):
 @cuda.jit(device=True, inline=True)
 def _deriv(a, code):
     # f'(z) from the stored output a = f(z): sigmoid a(1-a), relu [a > 0], tanh 1-a^2, identity 1
-    if code == 1:
+    if code == SIGMOID:
         return a * (1.0 - a)
-    if code == 2:
+    if code == RELU:
         return 1.0 if a > 0 else 0.0
-    if code == 3:
+    if code == TANH:
         return 1.0 - a * a
     return 1.0
 
@@ -129,7 +140,7 @@ def column_sum(D, out):
 def _row_output(Z, i, code, out):
     # out[i] = output(Z[i]): softmax p_j = e^(z_j - max z) / sum_k e^(z_k - max z), or f(z_j)
     n = Z.shape[1]
-    if code == 2:
+    if code == SOFTMAX_OUT:
         mx = Z[i, 0]
         for j in range(1, n):
             mx = max(mx, Z[i, j])
@@ -140,9 +151,12 @@ def _row_output(Z, i, code, out):
             s += e
         for j in range(n):
             out[i, j] = out[i, j] / s
+    elif code == SIGMOID_OUT:
+        for j in range(n):
+            out[i, j] = _act(Z[i, j], SIGMOID)
     else:
         for j in range(n):
-            out[i, j] = _act(Z[i, j], code)
+            out[i, j] = Z[i, j]
 
 
 @cuda.jit
@@ -168,7 +182,7 @@ def output_delta(Z, Y, code, loss, inv_m, A, D, row_stats):
     n = Z.shape[1]
     _row_output(Z, i, code, A)
     total = float64(0.0)
-    if loss == 1 and code == 2:
+    if loss == CROSS_ENTROPY and code == SOFTMAX_OUT:
         mx = Z[i, 0]
         for j in range(1, n):
             mx = max(mx, Z[i, j])
@@ -179,27 +193,27 @@ def output_delta(Z, Y, code, loss, inv_m, A, D, row_stats):
             ysum += Y[i, j]
             total -= Y[i, j] * float64(Z[i, j] - mx)
         total += math.log(s) * ysum
-    elif loss == 1:
+    elif loss == CROSS_ENTROPY:
         for j in range(n):
             z = float64(Z[i, j])
             total += max(z, 0.0) + math.log1p(math.exp(-abs(z))) - Y[i, j] * z
     dot = float64(0.0)
     for j in range(n):
         g = A[i, j] - Y[i, j]
-        if loss == 0:
+        if loss == MSE:
             total += 0.5 * float64(g) * float64(g)
             dot += A[i, j] * g
         D[i, j] = g
-    if loss == 0:
+    if loss == MSE:
         for j in range(n):
-            if code == 1:
+            if code == SIGMOID_OUT:
                 D[i, j] = D[i, j] * A[i, j] * (1 - A[i, j])
-            elif code == 2:
+            elif code == SOFTMAX_OUT:
                 D[i, j] = A[i, j] * (D[i, j] - dot)
     for j in range(n):
         D[i, j] = D[i, j] * inv_m
     right = 0.0
-    if code == 2:
+    if code == SOFTMAX_OUT:
         ba = 0
         by = 0
         for j in range(1, n):
@@ -208,7 +222,7 @@ def output_delta(Z, Y, code, loss, inv_m, A, D, row_stats):
             if Y[i, j] > Y[i, by]:
                 by = j
         right = 1.0 if ba == by else 0.0
-    elif code == 1:
+    elif code == SIGMOID_OUT:
         right = 1.0
         for j in range(n):
             if (A[i, j] > 0.5) != (Y[i, j] > 0.5):
@@ -242,32 +256,33 @@ def add_stats(row_stats, stats):
 
 
 @cuda.jit
-def optimizer_step(P, G, S1, S2, kind, lr, mu, nesterov, c1, c2, eps, wd, bc1, bc2):
-    # Elementwise on flat arrays, g = G + wd P (wd = 0 for biases), then (bpgpu/optimizers.py):
-    #   sgd      V = mu V + g; step = g + mu V (nesterov) | V (mu > 0) | g;  P -= lr step
-    #   rmsprop  S = c1 S + (1 - c1) g^2;  P -= lr g / (sqrt(S) + eps)
-    #   adam     M = c1 M + (1 - c1) g;  V = c2 V + (1 - c2) g^2;
-    #            P -= lr / bc1 * M / (sqrt(V) / sqrt(bc2) + eps),  bc = 1 - beta^t
+def optimizer_step(P, G, S1, S2, code, lr, wd, s2, s3, s4, s5, s6, s7):
+    # Elementwise on flat arrays, g = G + wd P (wd = 0 for biases), then the rule of ``code``
+    # with the numbers of Optimizer.kernel_scalars (lr, wd, s2 ...), as kernels/optimizers.cuh:
+    #   sgd      s2 = mu, s3 = nesterov: V = mu V + g;  P -= lr (g + mu V | V | g)
+    #   rmsprop  s2 = rho, s3 = eps:  S = rho S + (1 - rho) g^2;  P -= lr g / (sqrt(S) + eps)
+    #   adam     s2 = b1, s3 = b2, s4 = eps, s5 = lr / (1 - b1^t), s6 = 1 / sqrt(1 - b2^t):
+    #            M = b1 M + (1 - b1) g;  V = b2 V + (1 - b2) g^2;  P -= s5 M / (sqrt(V) s6 + eps)
     start, stride = cuda.grid(1), cuda.gridsize(1)
     for k in range(start, P.shape[0], stride):
         g = G[k] + wd * P[k]
-        if kind == 0:
+        if code == SGD_CODE:
             step = g
-            if mu > 0:
-                v = mu * S1[k] + g
+            if s2 > 0:
+                v = s2 * S1[k] + g
                 S1[k] = v
-                step = g + mu * v if nesterov else v
+                step = g + s2 * v if s3 != 0 else v
             P[k] -= lr * step
-        elif kind == 1:
-            s = c1 * S1[k] + (1 - c1) * g * g
+        elif code == RMSPROP_CODE:
+            s = s2 * S1[k] + (1 - s2) * g * g
             S1[k] = s
-            P[k] -= lr * g / (math.sqrt(s) + eps)
-        else:
-            m = c1 * S1[k] + (1 - c1) * g
-            v = c2 * S2[k] + (1 - c2) * g * g
+            P[k] -= lr * g / (math.sqrt(s) + s3)
+        elif code == ADAM_CODE:
+            m = s2 * S1[k] + (1 - s2) * g
+            v = s3 * S2[k] + (1 - s3) * g * g
             S1[k] = m
             S2[k] = v
-            P[k] -= lr / bc1 * m / (math.sqrt(v) / math.sqrt(bc2) + eps)
+            P[k] -= s5 * m / (math.sqrt(v) * s6 + s4)
 
 
 @cuda.jit

@@ -1,32 +1,41 @@
-"""The NumPy backend: the reference every other backend is tested against.
+"""The NumPy backend: the reference backend's math, scheduled for speed on a CPU.
 
-Each op is the math of backpropagation written out once, batched over rows. A large op's rows
-are split across CPU threads (``RowThreads``); each thread walks its rows in blocks small enough
-to stay in the CPU cache, running the matrix product and then the elementwise work on the block
-(the CPU version of a fused kernel's epilogue). Every result goes into a buffer the caller
-allocated once.
+It computes what bpgpu/backends/reference.py computes, and is tested against it; what differs
+is the schedule. Each op walks its rows in blocks small enough to stay in the CPU cache,
+running the matrix product and then the elementwise work on the block (the CPU version of a
+fused kernel's epilogue); a large step's rows are split across CPU threads (``RowThreads``);
+every result goes into a buffer allocated once; optimizer state is flushed of subnormal
+numbers, as a GPU's flush-to-zero does. Why each block size and threshold is what it is:
+bench/results/cpu/NOTES.md.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from bpgpu.backends.base import Array, Backend, Network, OptimizerState, Workspace
+from bpgpu.backends.base import (
+    Array,
+    Backend,
+    HostMemory,
+    Network,
+    OptimizerState,
+    Workspace,
+    check_index_values,
+)
 from bpgpu.backends.row_threads import MIN_STEP_ELEMENTS, RowThreads
-from bpgpu.optimizers import Optimizer
+from bpgpu.functions import ACTIVATIONS
 
-#: elements of a row block, its input and output rows together (2 MiB of float32: measured
-#: best of 2^17..2^20 on the issue-2 shapes, bench/results/cpu/issue2/NOTES.md)
+#: elements of a row block, its input and output rows together (2 MiB of float32)
 _BLOCK_ELEMENTS = 1 << 19
+#: a block that starts with a matrix product has at least this many rows: over fewer, the
+#: product packs W again too often
+_MIN_PRODUCT_ROWS = 1024
 #: optimizer state is flushed of subnormal numbers every this many updates (see _flush)
 _FLUSH_EVERY = 64
-
-
-#: rows of a block that starts with a matrix product: over fewer rows it packs W again too often
-#: (1024 x 1024 x 1024: 14.3 ms in 256-row blocks, 12.7-13.2 ms in one)
-_MIN_PRODUCT_ROWS = 1024
 
 
 def _block_rows(width: int, min_rows: int = _MIN_PRODUCT_ROWS) -> int:
@@ -34,7 +43,7 @@ def _block_rows(width: int, min_rows: int = _MIN_PRODUCT_ROWS) -> int:
     return max(min_rows, _BLOCK_ELEMENTS // max(width, 1))
 
 
-def _block(rows: slice, width: int, min_rows: int = _MIN_PRODUCT_ROWS):
+def _blocks(rows: slice, width: int, min_rows: int = _MIN_PRODUCT_ROWS) -> Iterator[slice]:
     """Row slices covering ``rows`` of ``width`` elements each, a cache-sized block each."""
     step = _block_rows(width, min_rows)
     for start in range(rows.start, rows.stop, step):
@@ -45,7 +54,7 @@ _ZEROS: dict[np.dtype, np.ndarray] = {}
 
 
 def _zeros_like(z: np.ndarray) -> np.ndarray:
-    """A read-only array of zeros shaped like ``z``."""
+    """A read-only array of zeros shaped like ``z`` (views of one cached buffer)."""
     flat = _ZEROS.get(z.dtype)
     if flat is None or flat.size < z.size:
         flat = np.zeros(max(z.size, _BLOCK_ELEMENTS), z.dtype)
@@ -55,28 +64,25 @@ def _zeros_like(z: np.ndarray) -> np.ndarray:
 
 
 def _activate(z: np.ndarray, activation: str) -> None:
-    """z <- f(z) in place."""
+    """z <- f(z) in place: in-place forms of the table's functions where they pay, the table's
+    ``f`` otherwise."""
     if activation == "relu":
-        # (against an array of zeros NumPy's maximum is about 5x faster than against 0)
+        # against an array of zeros NumPy's maximum takes its SIMD loop (a scalar 0 does not)
         np.maximum(z, _zeros_like(z), out=z)
     elif activation == "sigmoid":
-        # sigmoid(z) = 1 / (1 + e^-z); e^-z overflowing to inf gives the right limit 0.
-        # (NumPy's exp is about 1.5x faster than its tanh in float32.)
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore"):  # e^-z = inf gives the right limit, 0
             np.negative(z, out=z)
             np.exp(z, out=z)
         z += 1
-        np.reciprocal(z, out=z)
+        np.reciprocal(z, out=z)  # 1 / (1 + e^-z)
     elif activation == "tanh":
         np.tanh(z, out=z)
     elif activation != "identity":
-        raise ValueError(
-            f"activation must be one of sigmoid, relu, tanh, identity; got {activation!r}"
-        )
+        z[...] = ACTIVATIONS[activation].f(z)
 
 
 def _times_derivative(d: np.ndarray, a: np.ndarray, activation: str) -> None:
-    """d <- d * f'(z), with f' written in terms of the stored output a = f(z)."""
+    """d <- d * f'(z), f' written in terms of the stored output a = f(z)."""
     if activation == "relu":
         np.multiply(d, a > 0, out=d)
     elif activation == "sigmoid":  # a (1 - a)
@@ -85,13 +91,11 @@ def _times_derivative(d: np.ndarray, a: np.ndarray, activation: str) -> None:
     elif activation == "tanh":  # 1 - a^2
         d *= 1 - a * a
     elif activation != "identity":
-        raise ValueError(
-            f"activation must be one of sigmoid, relu, tanh, identity; got {activation!r}"
-        )
+        d *= ACTIVATIONS[activation].df(a)
 
 
 def _row_max(M: np.ndarray) -> np.ndarray:
-    """max over each row. NumPy reduces a short axis slowly, so narrow rows go column by column."""
+    """max over each row; NumPy reduces a short axis slowly, so narrow rows go column by column."""
     if M.shape[1] > 32:
         return M.max(axis=1)
     best = M[:, 0].copy()
@@ -102,7 +106,7 @@ def _row_max(M: np.ndarray) -> np.ndarray:
 
 def _row_argmax(M: np.ndarray) -> np.ndarray:
     """The first column holding each row's maximum, as ``M.argmax(axis=1)`` (which is slower
-    for rows of up to 3 elements: measured 4096 and 65536 rows of 2..16)."""
+    for rows of up to 3 elements)."""
     if M.shape[1] > 3:
         return M.argmax(axis=1)
     best = M[:, 0].copy()
@@ -114,8 +118,7 @@ def _row_argmax(M: np.ndarray) -> np.ndarray:
 
 
 def _count_correct(A: np.ndarray, Y: np.ndarray, output: str) -> int:
-    """Samples classified right: the largest output is the target's largest (softmax), or
-    every output is on the target's side of 1/2 (sigmoid); none for regression."""
+    """Samples classified right, as ``reference.correct`` counts them."""
     if output == "softmax":
         return int(np.count_nonzero(_row_argmax(A) == _row_argmax(Y)))
     if output == "sigmoid":
@@ -124,12 +127,19 @@ def _count_correct(A: np.ndarray, Y: np.ndarray, output: str) -> int:
     return 0
 
 
-def _softplus(z: np.ndarray) -> np.ndarray:
-    """log(1 + e^z), without overflow."""
-    return np.logaddexp(0, z)
+@dataclass
+class _UpdateBuffers:
+    """A layer's scratch for its update: the gradients, the optimizer's temporaries and the
+    partial sums of the threads past the first, made on the layer's first update."""
+
+    gW: np.ndarray
+    gb: np.ndarray
+    tW: np.ndarray
+    tb: np.ndarray
+    partials: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
 
-class NumpyBackend(Backend):
+class NumpyBackend(HostMemory, Backend):
     name = "numpy"
 
     def __init__(
@@ -145,41 +155,27 @@ class NumpyBackend(Backend):
         return {**super().describe(), "threads": self.rows.describe()}
 
     def step_scope(self, net: Network, ws: Workspace) -> AbstractContextManager[None]:
-        # threads for a step whose widest activation is large enough (RowThreads.parallel)
         return self.rows.parallel(ws.rows * max(max(W.shape) for W in net.W))
 
-    # ---- memory -----------------------------------------------------------------------------
+    def _ones(self, n: int, dtype: np.dtype) -> np.ndarray:
+        key = (n, np.dtype(dtype))
+        ones = self._ones_cache.get(key)
+        if ones is None:
+            ones = self._ones_cache[key] = np.ones(n, dtype=dtype)
+        return ones
 
-    def asarray(self, host: np.ndarray, dtype: np.dtype) -> np.ndarray:
-        return np.array(host, dtype=dtype, order="C", copy=True)
+    # ---- ops ------------------------------------------------------------------------------
 
-    def to_host(self, array: np.ndarray) -> np.ndarray:
-        return np.array(array, copy=True)
-
-    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        return np.empty(shape, dtype=dtype)
-
-    def zeros(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        return np.zeros(shape, dtype=dtype)
-
-    def copy_into(self, dst: np.ndarray, src: np.ndarray) -> None:
-        np.copyto(dst, src)
-
-    def is_array(self, obj: object) -> bool:
-        return isinstance(obj, np.ndarray)
-
-    # ---- fused ops ----------------------------------------------------------------------------
-
-    def dense_forward(self, X: Array, W: Array, b: Array, activation: str, out: Array) -> Array:
+    def _dense_forward(self, X: Array, W: Array, b: Array, activation: str, out: Array) -> Array:
         # Z = X W + b, A = f(Z), a block of rows at a time so the epilogue finds Z in cache
         m, width = out.shape[0], X.shape[1] + out.shape[1]
         step = _block_rows(width)
         bias = np.broadcast_to(b, (min(m, step), b.shape[0]))
-        if m > step:  # several blocks: b copied down a block's rows once adds ~2x faster
+        if m > step:  # several blocks: adding b from a block of copies beats broadcasting it
             bias = bias.copy()
 
         def rows(part: slice) -> None:
-            for block in _block(part, width):
+            for block in _blocks(part, width):
                 z = out[block]
                 np.matmul(X[block], W, out=z)
                 z += bias[: z.shape[0]]
@@ -188,20 +184,18 @@ class NumpyBackend(Backend):
         self.rows.run(rows, m, m * width)
         return out
 
-    def output_forward(self, Z: Array, output: str, out: Array) -> Array:
+    def _output_forward(self, Z: Array, output: str, out: Array) -> Array:
         if output == "softmax":
             # p_j = e^(z_j - max z) / sum_k e^(z_k - max z)
             np.subtract(Z, _row_max(Z)[:, None], out=out)
             np.exp(out, out=out)
             out /= (out @ self._ones(out.shape[1], out.dtype))[:, None]
-        elif output in ("sigmoid", "identity"):
-            np.copyto(out, Z)
-            _activate(out, output)
         else:
-            raise ValueError(f"output must be one of softmax, sigmoid, identity; got {output!r}")
+            np.copyto(out, Z)
+            _activate(out, output)  # sigmoid or identity, as the hidden activation
         return out
 
-    def output_delta(
+    def _output_delta(
         self, Z: Array, Y: Array, output: str, loss: str, out_A: Array, out_D: Array, stats: Array
     ) -> None:
         m, n = Z.shape
@@ -232,13 +226,12 @@ class NumpyBackend(Backend):
             total += float(np.dot(np.log(s), Y @ ones))
             np.subtract(A, Y, out=D)
         else:
-            self.output_forward(Z, output, A)
+            self._output_forward(Z, output, A)
             np.subtract(A, Y, out=D)  # a - y
-            if output == "sigmoid" and loss == "cross_entropy":
-                # per sample: -sum_j y log a + (1-y) log(1-a) = sum_j softplus(z) - y z;
-                # dL/dz = a - y
-                total = float(np.sum(_softplus(Z), dtype=np.float64)) - float(np.vdot(Y, Z))
-            elif loss == "mse":
+            if loss == "cross_entropy":  # sigmoid, binary
+                # per sample: sum_j softplus(z_j) - y_j z_j; dL/dz = a - y
+                total = float(np.sum(np.logaddexp(0, Z), dtype=np.float64)) - float(np.vdot(Y, Z))
+            else:
                 # per sample: 1/2 sum_j (a_j - y_j)^2; dL/dz = J^T (a - y), J the output's Jacobian
                 total = 0.5 * float(np.vdot(D, D))
                 if output == "sigmoid":
@@ -246,19 +239,17 @@ class NumpyBackend(Backend):
                 elif output == "softmax":  # J = diag(p) - p p^T: g <- p * (g - <p, g>)
                     D -= ((A * D) @ ones)[:, None]
                     D *= A
-            else:
-                raise ValueError(f"output={output!r} cannot be trained with loss={loss!r}")
         D *= scale
         return total, _count_correct(A, Y, output)
 
-    def delta_backward(
+    def _delta_backward(
         self, D: Array, W: Array, A_prev: Array, activation: str, out: Array
     ) -> Array:
         # D_prev = (D W^T) * f'(A_prev), a block of rows at a time
         width = D.shape[1] + 2 * out.shape[1]
 
         def rows(part: slice) -> None:
-            for block in _block(part, width):
+            for block in _blocks(part, width):
                 d = out[block]
                 np.matmul(D[block], W.T, out=d)
                 _times_derivative(d, A_prev[block], activation)
@@ -266,24 +257,26 @@ class NumpyBackend(Backend):
         self.rows.run(rows, out.shape[0], out.shape[0] * width)
         return out
 
-    def weight_gradient(self, A_prev: Array, D: Array, out_W: Array, out_b: Array) -> None:
-        self._weight_gradient(A_prev, D, out_W, out_b, {})
+    def _weight_gradient(self, A_prev: Array, D: Array, out_W: Array, out_b: Array) -> None:
+        self._gradient_into(A_prev, D, out_W, out_b, [])
 
-    def _weight_gradient(
-        self, A_prev: Array, D: Array, out_W: Array, out_b: Array, partials: dict[str, Array]
+    def _gradient_into(
+        self,
+        A_prev: Array,
+        D: Array,
+        out_W: Array,
+        out_b: Array,
+        partials: list[tuple[np.ndarray, np.ndarray]],
     ) -> None:
-        """weight_gradient, the partial sums of threads past the first kept in ``partials``
-        (``gW1``, ``gb1``, ...: made on first use, so a step allocates nothing)."""
-        # dW = A^T D, db = sum over the batch of D (as 1^T D: a matrix-vector product is much
-        # faster than NumPy's reduction along the long axis). Split across threads, each sums
-        # its own rows; the partial sums are added in a fixed order.
+        """dW = A^T D and db = 1^T D (a matrix-vector product: much faster than NumPy's
+        reduction along the long axis). Split across threads, each thread sums its own rows
+        into a buffer of ``partials`` (made on first use, kept by the caller) and the partial
+        sums are added in a fixed order."""
         m = D.shape[0]
         parts = self.rows.split(m, m * (A_prev.shape[1] + D.shape[1]))
-        sums = [(out_W, out_b)]
-        for i in range(1, len(parts)):
-            if f"gW{i}" not in partials:
-                partials.update({f"gW{i}": np.empty_like(out_W), f"gb{i}": np.empty_like(out_b)})
-            sums.append((partials[f"gW{i}"], partials[f"gb{i}"]))
+        while len(partials) < len(parts) - 1:
+            partials.append((np.empty_like(out_W), np.empty_like(out_b)))
+        sums = [(out_W, out_b), *partials[: len(parts) - 1]]
         ones = self._ones(m, D.dtype)
 
         def rows(i: int) -> None:
@@ -296,101 +289,37 @@ class NumpyBackend(Backend):
             out_W += gW
             out_b += gb
 
-    def _ones(self, n: int, dtype: np.dtype) -> np.ndarray:
-        key = (n, np.dtype(dtype))
-        ones = self._ones_cache.get(key)
-        if ones is None:
-            ones = self._ones_cache[key] = np.ones(n, dtype=dtype)
-        return ones
-
-    def weight_update(
+    def _weight_update(
         self, A_prev: Array, D: Array, W: Array, b: Array, state: OptimizerState
     ) -> None:
-        scratch = state.scratch
-        if not scratch:
-            scratch.update(
-                gW=np.empty_like(W), gb=np.empty_like(b), tW=np.empty_like(W), tb=np.empty_like(b)
-            )
-        gW, tW = scratch["gW"], scratch["tW"]
-        self._weight_gradient(A_prev, D, gW, scratch["gb"], scratch)
-        state.t += 1
+        if state.scratch is None:
+            state.scratch = _UpdateBuffers(*(np.empty_like(a) for a in (W, b, W, b)))
+        buf: _UpdateBuffers = state.scratch
+        self._gradient_into(A_prev, D, buf.gW, buf.gb, buf.partials)
         opt, t = state.optimizer, state.t
-
         width = W.shape[1] * (3 + len(state.W))  # W, its gradient, scratch and the slots
 
         def rows(part: slice) -> None:
-            for r in _block(part, width, min_rows=1):  # 1.3x faster for 1024 x 1024
-                if opt.weight_decay:
-                    gW[r] += opt.weight_decay * W[r]  # L2 on the weights only
-                _apply(opt, W[r], gW[r], {k: v[r] for k, v in state.W.items()}, tW[r], t)
+            for r in _blocks(part, width, min_rows=1):
+                slots = {k: v[r] for k, v in state.W.items()}
+                opt.apply(W[r], buf.gW[r], slots, buf.tW[r], t, decay=True)
 
         self.rows.run(rows, W.shape[0], W.shape[0] * width)
-        _apply(opt, b, scratch["gb"], state.b, scratch["tb"], t)
+        opt.apply(b, buf.gb, state.b, buf.tb, t, decay=False)
         if t % _FLUSH_EVERY == 0:
             for slot in (*state.W.values(), *state.b.values()):
                 _flush(slot)
 
-    def gather_rows(self, src: Array, index: Array, out: Array) -> Array:
-        n = src.shape[0]
-        if index.size and (index.min() < 0 or index.max() >= n):
-            bad = index[(index < 0) | (index >= n)][0]
-            raise IndexError(f"index holds {bad}: expected row numbers in [0, {n})")
-        # mode="clip" changes nothing after the check above; NumPy's default mode would write
-        # into a temporary and copy it to out, twice the memory traffic.
+    def _gather_rows(self, src: Array, index: Array, out: Array) -> Array:
+        check_index_values(src, index)
+        # mode="clip" changes nothing after the check; NumPy's default mode would write into a
+        # temporary and copy it to out, twice the memory traffic
         self.rows.run(
             lambda r: np.take(src, index[r], axis=0, out=out[r], mode="clip"),
             out.shape[0],
             2 * out.size,
         )
         return out
-
-
-def _apply(
-    opt: Optimizer, P: np.ndarray, G: np.ndarray, slots: dict, tmp: np.ndarray, t: int
-) -> None:
-    """P <- P - step(G), updating the slot arrays; G and tmp are scratch and are overwritten."""
-    kind = opt.kind
-    if kind == "sgd":
-        if opt.momentum:
-            v = slots["velocity"]
-            v *= opt.momentum
-            v += G  # v = mu v + g
-            if opt.nesterov:
-                np.multiply(v, opt.momentum, out=tmp)
-                G += tmp  # step = g + mu v
-            else:
-                np.copyto(G, v)  # step = v
-        G *= opt.lr
-        P -= G
-    elif kind == "rmsprop":
-        s = slots["square_avg"]
-        s *= opt.rho
-        np.multiply(G, G, out=tmp)
-        tmp *= 1 - opt.rho
-        s += tmp  # s = rho s + (1 - rho) g^2
-        np.sqrt(s, out=tmp)
-        tmp += opt.eps
-        G /= tmp
-        G *= opt.lr
-        P -= G  # p -= lr g / (sqrt(s) + eps)
-    elif kind == "adam":
-        m, v = slots["exp_avg"], slots["exp_avg_sq"]
-        m *= opt.beta1
-        np.multiply(G, 1 - opt.beta1, out=tmp)
-        m += tmp  # m = b1 m + (1 - b1) g
-        np.multiply(G, G, out=tmp)
-        tmp *= 1 - opt.beta2
-        v *= opt.beta2
-        v += tmp  # v = b2 v + (1 - b2) g^2
-        # p -= lr m_hat / (sqrt(v_hat) + eps), m_hat = m / (1 - b1^t), v_hat = v / (1 - b2^t)
-        np.sqrt(v, out=tmp)
-        tmp *= 1.0 / np.sqrt(1.0 - opt.beta2**t)
-        tmp += opt.eps
-        np.divide(m, tmp, out=G)
-        G *= opt.lr / (1.0 - opt.beta1**t)
-        P -= G
-    else:
-        raise ValueError(f"unknown optimizer kind {kind!r}")
 
 
 def _flush(a: np.ndarray) -> None:

@@ -5,8 +5,8 @@ elementwise passes (bias, activation, derivative, optimizer) leave all but one c
 large step (``RowThreads.parallel``), each op's rows are cut into one contiguous range per
 thread and each thread runs the whole op on its range, matrix product and epilogue alike; NumPy
 releases the GIL inside both. BLAS is held to one thread for the whole step: its own workers
-keep spinning for a while after each product and would take the cores from ours (measured: a
-step mixing the two ran 50 % slower than either alone).
+keep spinning for a while after each product and would take the cores from ours (a step mixing
+the two is slower than either alone: bench/results/cpu/NOTES.md).
 
 The thread count follows BLAS's (threadpoolctl reads it, so ``threadpool_limits`` and
 ``OPENBLAS_NUM_THREADS`` apply here too); without threadpoolctl everything runs on the caller's
@@ -28,8 +28,8 @@ from bpgpu.validation import check_int
 
 T = TypeVar("T")
 
-#: a step runs on several threads when its widest activation has this many elements (measured
-#: on the issue-2 shapes, bench/results/cpu/issue2/NOTES.md)
+#: a step runs on several threads when its widest activation has this many elements (below it,
+#: handing work to threads costs more than it saves: bench/results/cpu/NOTES.md)
 MIN_STEP_ELEMENTS = 1 << 22
 #: within such a step, an op touching fewer elements than this stays on the caller's thread
 MIN_OP_ELEMENTS = 1 << 16

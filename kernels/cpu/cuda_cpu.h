@@ -1,12 +1,14 @@
 // cuda_cpu.h: the CUDA built-ins the kernels use, for running kernels/*.cu on the CPU as C++.
 //
+// Force-included (g++ -include) in front of every kernels/*.cu, so the sources stay untouched.
 // Blocks run one after another; the threads of a block run as ucontext fibers on one OS thread,
 // and __syncthreads() switches back to a scheduler that resumes every fiber once per round, so
 // each barrier is reached by all threads before any passes it. __shared__ becomes static
 // storage, shared by the fibers of the block being run. Each entry point registers itself
-// (BPGPU_REGISTER) so bpgpu_cpu_launch can call it by name with cuLaunchKernel-style arguments.
-// For tests only (tests/test_cuda_kernels_cpu.py): it checks the kernels' arithmetic, indexing
-// and tails, not their speed, memory model or races.
+// (BPGPU_REGISTER) so bpgpu_cpu_launch (launch.cpp) can call it by name with cuLaunchKernel-style
+// arguments. The backend "cuda-emulated" (bpgpu/backends/cuda_emulated.py) builds and drives it:
+// it checks the kernels' arithmetic, indexing, tails and launch code, not their speed, memory
+// model or races.
 #pragma once
 #define BPGPU_CPU 1
 
@@ -16,6 +18,7 @@
 #include <ucontext.h>
 
 #include <cstddef>
+#include <iterator>
 #include <map>
 #include <string>
 #include <type_traits>
@@ -34,8 +37,16 @@ inline dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define __shared__ static
 #define __launch_bounds__(...)
 
-inline float __int_as_float(int i) { float f; memcpy(&f, &i, sizeof f); return f; }
-inline double __longlong_as_double(long long i) { double d; memcpy(&d, &i, sizeof d); return d; }
+inline float __int_as_float(int i) {
+  float f;
+  memcpy(&f, &i, sizeof f);
+  return f;
+}
+inline double __longlong_as_double(long long i) {
+  double d;
+  memcpy(&d, &i, sizeof d);
+  return d;
+}
 
 namespace bpgpu_cpu {
 

@@ -1,20 +1,25 @@
-// cpu_kernels.cpp: every kernel family compiled as C++ for the CPU (see cuda_cpu.h), and the
-// launcher the tests call through ctypes:
+// launch.cpp: the launcher of the CPU emulation of the kernels (see cuda_cpu.h), called through
+// ctypes by bpgpu/backends/cuda_emulated.py. Every kernels/*.cu is compiled as its own C++
+// translation unit with cuda_cpu.h force-included, and linked with this file:
 //
 //   int bpgpu_cpu_launch(const char* name, const unsigned grid[3], const unsigned block[3],
 //                        void** args)   -> 0, or -1 for an unknown kernel name
+//   int bpgpu_cpu_kernel_count()        -> how many entry points registered themselves
+//   const char* bpgpu_cpu_kernel_name(int i)
 //
 // args[i] points at the i-th kernel argument, as for cuLaunchKernel.
 #include "cuda_cpu.h"
 
-#include "../dense_forward.cu"
-#include "../delta_backward.cu"
-#include "../gather.cu"
-#include "../output.cu"
-#include "../weight_update.cu"
-
 namespace {
 constexpr size_t kStackBytes = 64 * 1024;
+}
+
+extern "C" int bpgpu_cpu_kernel_count() { return (int)bpgpu_cpu::registry().size(); }
+
+extern "C" const char* bpgpu_cpu_kernel_name(int i) {
+  auto it = bpgpu_cpu::registry().begin();
+  std::advance(it, i);
+  return it->first.c_str();
 }
 
 extern "C" int bpgpu_cpu_launch(const char* name, const unsigned* grid, const unsigned* block, void** args) {
@@ -40,8 +45,8 @@ extern "C" int bpgpu_cpu_launch(const char* name, const unsigned* grid, const un
           fibers[t].uc_stack.ss_size = kStackBytes;
           fibers[t].uc_link = &scheduler;
           makecontext(&fibers[t], fiber_main, 0);
-          fiber_tid[t] = dim3{unsigned(t % block[0]), unsigned(t / block[0] % block[1]),
-                              unsigned(t / block[0] / block[1])};
+          fiber_tid[t] =
+              dim3{unsigned(t % block[0]), unsigned(t / block[0] % block[1]), unsigned(t / block[0] / block[1])};
           fiber_done[t] = 0;
         }
         // one round resumes every unfinished thread once: each runs to its next barrier or end
