@@ -22,10 +22,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import fake_cupy
 import numpy as np
 import pytest
 
@@ -43,31 +44,33 @@ DTYPES = [F32, F64]
 # ---- the backends ------------------------------------------------------------------------------
 
 
-def _threaded() -> NumpyBackend:
+@contextmanager
+def _threaded() -> Iterator[Backend]:
+    """The NumPy backend with every op split across 3 threads, however small."""
     xp = NumpyBackend(threads=3, min_step_elements=0)
-    xp.rows.min_op_elements = 0  # every op splits its rows, however small
-    return xp
-
-
-def _split_rows(xp: Backend) -> AbstractContextManager[None]:
-    assert isinstance(xp, NumpyBackend)
-    return xp.rows.parallel(0)
+    xp.rows.min_op_elements = 0
+    with xp.rows.parallel(0):
+        yield xp
 
 
 @dataclass
 class Case:
-    """A backend under test: how to make it, what each test runs inside, which shapes."""
+    """A backend under test: ``open()`` gives it for one test; which shapes it takes."""
 
     id: str
-    make: Callable[[], Backend]
-    scope: Callable[[Backend], AbstractContextManager[None]] = lambda xp: nullcontext()
+    open: Callable[[], AbstractContextManager[Backend]]
     size: str = "full"  # "full", "tiny" (the numba simulator) or "gpu" (adds larger shapes)
     skip: str | None = None
     marks: list = field(default_factory=list)
 
 
-#: extra configurations of a registered backend, tested beside it
-VARIANTS = {"numpy": [Case("numpy-3-threads", _threaded, _split_rows)]}
+#: extra configurations tested beside a registered backend that runs here: the NumPy backend on
+#: threads, and the CuPy backend's host code on a stand-in for CuPy running the emulation's
+#: kernels (tests/fake_cupy.py: launches, device-memory optimizer numbers, graph capture/replay)
+VARIANTS = {
+    "numpy": [Case("numpy-3-threads", _threaded)],
+    "cuda-emulated": [Case("cupy-on-emulation", fake_cupy.cupy_backend)],
+}
 #: backends that run on a GPU: larger shapes, the ``gpu`` marker
 ON_GPU = {"cupy", "numba"}
 
@@ -77,7 +80,7 @@ def _cases() -> list[Case]:
     for name in REGISTRY:
         if name == "reference":
             continue
-        case = Case(name, lambda name=name: get_backend(name))
+        case = Case(name, lambda name=name: nullcontext(get_backend(name)))
         if IN_SIMULATOR and name != "numba":
             case.skip = "the simulator child process runs only the numba backend"
         else:
@@ -151,8 +154,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture
 def xp(case: Case) -> Iterator[Backend]:
-    backend = case.make()
-    with case.scope(backend):
+    with case.open() as backend:
         yield backend
 
 
@@ -372,13 +374,13 @@ def test_gather_rows(xp, mem, rng, rows_shape, dtype):
 
 
 @pytest.mark.parametrize("bad", [-1, 6, 10**9], ids=["negative", "past-the-end", "far"])
-def test_gather_rows_with_an_index_out_of_range(xp, case, bad):
+def test_gather_rows_with_an_index_out_of_range(xp, bad):
     """The GPU kernels write a row of NaN (checking on the host would cost a round trip every
     step); the NumPy backends raise, naming the value, and leave ``out`` as it was."""
     src = xp.asarray(np.arange(12.0).reshape(6, 2), F32)
     out = xp.asarray(np.full((3, 2), 7.0), F32)
     index = xp.asarray(np.array([0, bad, 5]), np.dtype(np.int64))
-    if case.id in ("cupy", "numba", "cuda-emulated"):
+    if xp.name != "numpy":  # the kernel backends
         xp.gather_rows(src, index, out)
         np.testing.assert_array_equal(xp.to_host(out), [[0, 1], [np.nan, np.nan], [10, 11]])
     else:

@@ -94,3 +94,10 @@ def test_tile_grid_puts_row_tiles_on_grid_x(tile) -> None:
         tile_grid(10, MAX_GRID_Y * tile + 1, tile, tile)
     with pytest.raises(ValueError, match="rows exceed"):
         tile_grid(cuda_launch.MAX_GRID_X * tile + 1, 10, tile, tile)
+
+
+def test_without_a_compiler_it_is_unavailable_and_says_why(monkeypatch):
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(cuda_emulated.shutil, "which", lambda name: None)
+    with pytest.raises(BackendUnavailableError, match=r"no C\+\+ compiler"):
+        cuda_emulated.CudaEmulatedBackend.probe()

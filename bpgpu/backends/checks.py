@@ -8,7 +8,7 @@ keeps a wrong shape, dtype, layout or device from reading or writing past an arr
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -16,8 +16,19 @@ from bpgpu.backends.state import OptimizerState
 from bpgpu.functions import ACTIVATIONS, LOSSES, OUTPUTS, check_combination, check_name
 from bpgpu.optimizers import Optimizer
 
-if TYPE_CHECKING:
-    from bpgpu.backends.base import Backend
+
+class Backend(Protocol):
+    """What the checks ask of a backend (bpgpu.backends.base.Backend has it all)."""
+
+    name: str
+    max_elements: int | None
+
+    def is_array(self, obj: object) -> bool: ...
+
+    def is_c_contiguous(self, array: Any) -> bool: ...
+
+    def check_device(self, name: str, array: Any) -> None: ...
+
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 

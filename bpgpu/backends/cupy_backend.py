@@ -10,6 +10,7 @@ CuPy is imported only inside ``probe`` and the methods: ``import bpgpu`` never t
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -180,29 +181,25 @@ class CupyBackend(KernelOps):
             self._advance(state)
         key = _step_key(net, ws, X, Y, states, stats)
         graph = self._graphs.get(key)
+
+        def ops() -> None:
+            self._train_ops(net, ws, X, Y, fixed_index, states, stats)
+
         if graph is None and key not in self._seen:
             # first step with these buffers: eager, compiling modules and allocating scratch
             self._seen.add(key)
-            self._train_ops(net, ws, X, Y, fixed_index, states, stats)
+            ops()
             return
         if graph is None:
-            graph = self._capture(net, ws, X, Y, fixed_index, states, stats)
+            graph = self._capture(ops)
             if len(self._graphs) >= _GRAPHS_KEPT:
                 self._graphs.pop(next(iter(self._graphs)))
             self._graphs[key] = graph
         graph.launch(self._cp.cuda.get_current_stream())
 
-    def _capture(
-        self,
-        net: Network,
-        ws: Workspace,
-        X: Array,
-        Y: Array,
-        index: Array,
-        states: list[OptimizerState],
-        stats: Array,
-    ) -> Any:
-        """The step's kernels recorded (not run) into a CUDA graph on a side stream."""
+    def _capture(self, ops: Callable[[], None]) -> Any:
+        """The kernels ``ops`` launches, recorded (not run) into a CUDA graph on a side
+        stream."""
         cp = self._cp
         stream = cp.cuda.get_current_stream()
         capture = cp.cuda.Stream(non_blocking=True)
@@ -212,7 +209,7 @@ class CupyBackend(KernelOps):
             with capture:
                 capture.begin_capture()
                 try:
-                    self._train_ops(net, ws, X, Y, index, states, stats)
+                    ops()
                 finally:
                     graph = capture.end_capture()
         finally:
