@@ -1,4 +1,4 @@
-"""The NumPy backend against PyTorch's CPU build, side by side (the "issue2" suite).
+"""The NumPy backend against PyTorch's CPU build, side by side (the "cpu-compare" suite).
 
     python bench/compare_torch_cpu.py [extra bpgpu-bench options]
 
@@ -21,7 +21,7 @@ if __name__ == "__main__":
     sys.exit(
         main(
             [
-                "--suite", "issue2",
+                "--suite", "cpu-compare",
                 "--optimizer", "rmsprop,sgd",
                 "--systems", "numpy,torch-eager",
                 "--threads", "2",

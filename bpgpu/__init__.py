@@ -10,6 +10,7 @@ from bpgpu.backends import BackendUnavailableError, available_backends, get_back
 from bpgpu.history import History
 from bpgpu.model import MLP, TrainingDivergedError, load
 from bpgpu.optimizers import SGD, Adam, Optimizer, RMSprop
+from bpgpu.schedules import CosineDecay, ExponentialDecay, Schedule, StepDecay, Warmup
 
 __version__ = "0.1.0"
 
@@ -18,10 +19,15 @@ __all__ = [
     "SGD",
     "Adam",
     "BackendUnavailableError",
+    "CosineDecay",
+    "ExponentialDecay",
     "History",
     "Optimizer",
     "RMSprop",
+    "Schedule",
+    "StepDecay",
     "TrainingDivergedError",
+    "Warmup",
     "available_backends",
     "datasets",
     "get_backend",

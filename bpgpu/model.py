@@ -8,18 +8,18 @@ that raises leaves the model as it was.
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
-from bpgpu import serialization
+from bpgpu import explain, initializers, serialization
 from bpgpu.backends import get_backend
 from bpgpu.backends.base import Array, Backend, Network, OptimizerState, Workspace
 from bpgpu.functions import (
@@ -31,6 +31,7 @@ from bpgpu.functions import (
 )
 from bpgpu.history import History
 from bpgpu.optimizers import Optimizer, make_optimizer
+from bpgpu.progress import Progress, check_verbose
 from bpgpu.validation import as_matrix, as_targets, check_dtype, check_int, check_layers
 
 #: rows per batch when evaluating or predicting
@@ -43,25 +44,6 @@ class TrainingDivergedError(FloatingPointError):
     """The loss became NaN or infinite; the model kept its last finite weights."""
 
 
-def initial_weights(
-    layers: Sequence[int], activations: Sequence[str], seed: int | None
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Float64 weights drawn on the host, the same for every backend: He normal for a ReLU
-    layer (std sqrt(2 / fan_in)), Glorot uniform otherwise (limit sqrt(6 / (fan_in + fan_out)));
-    zero biases."""
-    rng = np.random.default_rng(seed)
-    weights = []
-    for l, (fan_in, fan_out) in enumerate(itertools.pairwise(layers)):
-        act = activations[l] if l < len(activations) else "output"
-        if act == "relu":
-            W = rng.normal(0.0, math.sqrt(2.0 / fan_in), size=(fan_in, fan_out))
-        else:
-            limit = math.sqrt(6.0 / (fan_in + fan_out))
-            W = rng.uniform(-limit, limit, size=(fan_in, fan_out))
-        weights.append((W, np.zeros(fan_out)))
-    return weights
-
-
 @dataclass(frozen=True)
 class _FitSettings:
     """fit's own arguments, checked."""
@@ -72,7 +54,7 @@ class _FitSettings:
     shuffle: bool
     seed: int | None
     patience: int | None
-    verbose: bool
+    verbose: int
 
 
 class MLP:
@@ -88,6 +70,9 @@ class MLP:
         backend: "auto", a backend's name (``bpgpu.backends.REGISTRY``) or a Backend.
         dtype: "float32" (default) or "float64".
         seed: seeds the initial weights and the shuffling in ``fit``.
+        init: how the initial weights are drawn (``bpgpu.initializers.INITIALIZERS``):
+            "torch" (PyTorch's nn.Linear default, the default here), "glorot" (Keras's),
+            "he", "he-relu".
     """
 
     def __init__(
@@ -99,6 +84,7 @@ class MLP:
         backend: str | Backend | None = "auto",
         dtype: str | np.dtype = "float32",
         seed: int | None = None,
+        init: str = initializers.DEFAULT,
     ) -> None:
         self.layers = check_layers(layers)
         self.activations = _check_activations(activation, len(self.layers) - 2, self.layers)
@@ -115,12 +101,13 @@ class MLP:
         if seed is not None:
             check_int(seed, "seed", 0)
         self.seed = seed
+        self.init = check_name(init, initializers.INITIALIZERS, "init")
         self.backend = get_backend(backend)
         xp = self.backend
-        init = initial_weights(self.layers, self.activations, seed)
+        init_weights = initializers.initial_weights(self.layers, self.activations, seed, init)
         self._net = Network(
-            W=[xp.asarray(W, self.dtype) for W, _ in init],
-            b=[xp.asarray(b, self.dtype) for _, b in init],
+            W=[xp.asarray(W, self.dtype) for W, _ in init_weights],
+            b=[xp.asarray(b, self.dtype) for _, b in init_weights],
             activations=self.activations,
             output=self.output,
             loss=self.loss_name,
@@ -323,26 +310,33 @@ class MLP:
         validation_split: float = 0.0,
         validation_data: tuple[object, object] | None = None,
         patience: int | None = None,
-        verbose: bool = False,
+        verbose: int | bool = 0,
+        validation_mode: str = "last",
     ) -> History:
         """Train by minibatch backpropagation; returns the per-epoch History.
 
         ``optimizer`` is an Optimizer or a name ('sgd' default, 'rmsprop', 'adam'; ``lr`` sets
         a named one's rate). ``batch_size=1`` is per-sample SGD. ``validation_split`` holds out
-        the last fraction of (X, y) before shuffling; ``validation_data`` is an (X, y) pair
-        instead. With ``patience``, training stops once the validation loss (the training loss
-        without validation data) has not improved for that many epochs, and the model keeps
-        the weights of its best epoch. If the loss turns NaN or infinite, TrainingDivergedError
-        is raised and the model keeps the weights of the last epoch whose loss was finite.
+        that fraction of (X, y) before training: the last rows (``validation_mode="last"``, as
+        Keras does; a warning says when that leaves a class on one side only), rows drawn at
+        random ("shuffle") or each class in proportion ("stratified", classifiers); or
+        ``validation_data`` is an (X, y) pair instead. With ``patience``, training stops once
+        the validation loss (the training loss without validation data) has not improved for
+        that many epochs, and the model keeps the weights of its best epoch. ``verbose``: 0
+        nothing, 1 a progress bar over the steps, 2 a line per epoch. If the loss turns NaN or
+        infinite, TrainingDivergedError is raised and the model keeps the weights of the last
+        epoch whose loss was finite.
         """
         # Everything is checked before anything changes.
         settings = _check_fit_arguments(
             epochs, batch_size, optimizer, lr, shuffle, seed, patience, verbose
         )
-        _check_validation_arguments(validation_split, validation_data)
+        _check_validation_arguments(validation_split, validation_data, validation_mode)
         Xh = self._inputs(X)
         Yh = self._targets(y, Xh.shape[0])
-        Xh, Yh, val = self._hold_out(Xh, Yh, validation_split, validation_data)
+        Xh, Yh, val = self._hold_out(
+            Xh, Yh, validation_split, validation_data, validation_mode, settings.seed
+        )
         xp = self.backend
         data = (xp.asarray(Xh, self.dtype), xp.asarray(Yh, self.dtype), Xh.shape[0])
         held_out = None
@@ -363,9 +357,11 @@ class MLP:
         Y: np.ndarray,
         validation_split: float,
         validation_data: tuple[object, object] | None,
+        mode: str,
+        seed: int | None,
     ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
         """(training X, training Y, validation (X, Y) or None): ``validation_data`` checked,
-        or the last ``validation_split`` of the rows held out."""
+        or ``validation_split`` of the rows held out as ``mode`` says."""
         if validation_data is not None:
             Xv = self._inputs(validation_data[0], "validation_data X")
             return X, Y, (Xv, self._targets(validation_data[1], len(Xv), "validation_data y"))
@@ -378,7 +374,11 @@ class MLP:
                 f"validation_split={validation_split} of {n} samples leaves {n_val} for "
                 f"validation and {n - n_val} for training; both need at least one"
             )
-        return X[:-n_val], Y[:-n_val], (X[-n_val:], Y[-n_val:])
+        classes = _class_of_rows(Y, self.output)
+        held = _held_out_rows(n, n_val, mode, classes, self.seed if seed is None else seed)
+        if mode == "last" and classes is not None:
+            _warn_if_classes_differ(classes[~held], classes[held], n_val)
+        return X[~held], Y[~held], (X[held], Y[held])
 
     def _train(
         self,
@@ -400,7 +400,7 @@ class MLP:
         history = History(backend=xp.name)
         stats = self._stats()
         started = time.perf_counter()
-        bar = _progress(settings.epochs, settings.verbose)
+        progress = Progress(settings.verbose, settings.epochs, -(-n // settings.batch_size))
         try:
             # a loss overflowing on its way to divergence raises TrainingDivergedError, not warnings
             with np.errstate(over="ignore", invalid="ignore"):
@@ -413,18 +413,16 @@ class MLP:
                         stop = min(start + settings.batch_size, n)
                         ws = self._workspace(stop - start)
                         xp.train_step(self._net, ws, X, Y, index[start:stop], states, stats)
+                        progress.step()
                     figures = self._epoch_figures(epoch, stats, n, held_out, last_finite)
                     history.record(epoch, figures)
                     self._snapshot_into(last_finite)
-                    if bar is not None:
-                        bar.set_postfix({k: f"{v:.4f}" for k, v in figures.items()})
-                        bar.update(1)
+                    progress.epoch_end(epoch, figures)
                     if stopping is not None and stopping.stop(epoch, figures):
                         history.stopped_epoch = epoch
                         break
         finally:
-            if bar is not None:
-                bar.close()
+            progress.close()
         if stopping is not None:
             stopping.restore_best(history)
         xp.synchronize()
@@ -457,6 +455,14 @@ class MLP:
             if self.is_classifier:
                 figures["val_accuracy"] = val_acc
         return figures
+
+    def explain(
+        self, x: Sequence[float], target: Sequence[float], file: TextIO | None = None
+    ) -> None:
+        """Print, for the one sample ``x`` with ``target``, every forward value, the error, every
+        delta and every dE/dW and dE/db as the chain-rule product with its numbers (to stdout
+        unless ``file``). For small networks only (bpgpu/explain.py)."""
+        explain.explain(self, x, target, sys.stdout if file is None else file)
 
     # ---- files ----------------------------------------------------------------------------------
 
@@ -538,9 +544,8 @@ def _check_fit_arguments(
     epochs = check_int(epochs, "epochs", 1)
     batch_size = check_int(batch_size, "batch_size", 1)
     opt = make_optimizer(optimizer, lr)
-    for flag, value in (("shuffle", shuffle), ("verbose", verbose)):
-        if not isinstance(value, bool):
-            raise TypeError(f"{flag} must be a bool; got {value!r}")
+    if not isinstance(shuffle, bool):
+        raise TypeError(f"shuffle must be a bool; got {shuffle!r}")
     return _FitSettings(
         epochs=epochs,
         batch_size=batch_size,
@@ -548,13 +553,17 @@ def _check_fit_arguments(
         shuffle=bool(shuffle),
         seed=None if seed is None else check_int(seed, "seed", 0),
         patience=None if patience is None else check_int(patience, "patience", 1),
-        verbose=bool(verbose),
+        verbose=check_verbose(verbose),
     )
 
 
+VALIDATION_MODES = ("last", "shuffle", "stratified")
+
+
 def _check_validation_arguments(
-    validation_split: object, validation_data: tuple[object, object] | None
+    validation_split: object, validation_data: tuple[object, object] | None, mode: object
 ) -> None:
+    check_name(mode, VALIDATION_MODES, "validation_mode")
     if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)):
         raise TypeError(f"validation_split must be a number in [0, 1); got {validation_split!r}")
     if not 0.0 <= validation_split < 1.0:
@@ -567,15 +576,53 @@ def _check_validation_arguments(
         raise ValueError("validation_data must be an (X, y) pair")
 
 
-def _progress(epochs: int, verbose: bool) -> Any:
-    """A tqdm bar over epochs when verbose and tqdm is installed; None otherwise."""
-    if not verbose:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        print(
-            "bpgpu: install tqdm (pip install bpgpu[progress]) for a progress bar", file=sys.stderr
+def _class_of_rows(Y: np.ndarray, output: str) -> np.ndarray | None:
+    """Each row's class (the target's largest output, or its 0/1 pattern for sigmoid outputs);
+    None for regression."""
+    if output == "softmax":
+        return Y.argmax(axis=1)
+    if output == "sigmoid":
+        return (Y > 0.5) @ (1 << np.arange(Y.shape[1]))
+    return None
+
+
+def _held_out_rows(
+    n: int, n_val: int, mode: str, classes: np.ndarray | None, seed: int | None
+) -> np.ndarray:
+    """A boolean mask of the n_val rows to hold out: the last ones, random ones, or (with
+    classes) each class's share of them at random."""
+    held = np.zeros(n, dtype=bool)
+    if mode == "last":
+        held[n - n_val :] = True
+        return held
+    rng = np.random.default_rng(seed)
+    if mode == "shuffle" or classes is None:
+        held[rng.choice(n, n_val, replace=False)] = True
+        return held
+    # stratified: each class gets its share of n_val (largest remainders), drawn at random
+    labels, counts = np.unique(classes, return_counts=True)
+    shares = counts * n_val / n
+    take = np.floor(shares).astype(int)
+    order = np.argsort(-(shares - take), kind="stable")
+    take[order[: n_val - take.sum()]] += 1
+    for label, k in zip(labels, take, strict=True):
+        rows = np.flatnonzero(classes == label)
+        held[rng.choice(rows, min(k, len(rows) - 1) if len(rows) > 1 else 0, replace=False)] = True
+    return held
+
+
+def _warn_if_classes_differ(train: np.ndarray, held: np.ndarray, n_val: int) -> None:
+    """Warn when the last rows, held out for validation, have a class training lacks or miss
+    one it has (sorted data: a validation set of one class)."""
+    only_held = sorted(set(held.tolist()) - set(train.tolist()))
+    only_train = sorted(set(train.tolist()) - set(held.tolist()))
+    if only_held or only_train:
+        warnings.warn(
+            f"validation_split holds out the last {n_val} rows as they come; they "
+            + (f"hold classes {only_held} that training never sees" if only_held else "")
+            + (" and " if only_held and only_train else "")
+            + (f"lack classes {only_train}" if only_train else "")
+            + ". Shuffle the data first, or pass validation_mode='stratified' or 'shuffle'",
+            UserWarning,
+            stacklevel=4,
         )
-        return None
-    return tqdm(total=epochs, unit="epoch", desc="fit", file=sys.stderr)

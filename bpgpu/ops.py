@@ -1,9 +1,12 @@
 """The fused training ops for your own training loops, with every argument checked.
 
-Arrays may be NumPy arrays or arrays of a GPU backend (CuPy arrays, anything with
-``__cuda_array_interface__`` the backend accepts). ``backend=None`` takes the backend whose
-arrays were passed (NumPy arrays: the numpy backend); naming a backend copies host arrays to it,
-and the results are that backend's arrays. Outputs are allocated unless ``out`` is given.
+Arrays may be NumPy arrays, arrays of a GPU backend (CuPy arrays, anything with
+``__cuda_array_interface__`` the backend accepts), or any DLPack array (a torch tensor, ...),
+taken without a copy: a CPU one as a NumPy view, a CUDA one as a CuPy view, so in-place
+arguments are updated where they are. ``backend=None`` takes the backend whose arrays were
+passed (NumPy arrays and CPU tensors: the numpy backend); naming a backend copies host arrays
+to it. The results are that backend's arrays, or torch tensors (sharing their memory) when the
+first argument is one. Outputs are allocated unless ``out`` is given.
 
     A1 = ops.dense_forward(X, W1, b1, activation="relu")        # f(X @ W1 + b1)
     D1 = ops.delta_backward(D2, W2, A1, activation="relu")      # (D2 @ W2.T) * f'(A1)
@@ -37,10 +40,43 @@ __all__ = [
 ]
 
 
+_DLPACK_CPU, _DLPACK_CUDA = 1, 2  # DLPack's device types
+
+
+def _view(a: Any) -> Any:
+    """A DLPack array (not NumPy's or CuPy's own) as a NumPy view (on the CPU) or a CuPy view
+    (on a GPU), sharing its memory; anything else as it is."""
+    if a is None or isinstance(a, np.ndarray) or not hasattr(a, "__dlpack_device__"):
+        return a
+    if hasattr(a, "__cuda_array_interface__") and type(a).__module__.startswith("cupy"):
+        return a
+    device = a.__dlpack_device__()[0]
+    if device == _DLPACK_CPU:
+        return np.from_dlpack(a)
+    if device == _DLPACK_CUDA:
+        import cupy
+
+        return cupy.from_dlpack(a)
+    raise TypeError(f"arrays on DLPack device type {device} are not supported (CPU or CUDA)")
+
+
+def _back(first: object, given: Any, result: Any) -> Any:
+    """What an op returns: the caller's own ``out`` when it gave one, else the result, as a
+    torch tensor sharing its memory when the caller works in torch."""
+    if given is not None:
+        return given
+    if type(first).__module__.split(".")[0] == "torch":
+        import torch
+
+        return torch.from_dlpack(result)
+    return result
+
+
 def _backend_for(first: object, backend: str | Backend | None) -> Backend:
     """The named backend, else the one whose arrays ``first`` is (NumPy: numpy)."""
     if backend is not None:
         return get_backend(backend)
+    first = _view(first)
     if isinstance(first, np.ndarray) or not hasattr(first, "__cuda_array_interface__"):
         return get_backend("numpy")
     for name, entry in REGISTRY.items():
@@ -56,8 +92,9 @@ def _backend_for(first: object, backend: str | Backend | None) -> Backend:
 
 
 def _prepare(xp: Backend, in_place: tuple[str, ...] = (), **arrays: object) -> dict[str, Array]:
-    """Each array on xp, all of one float dtype: host arrays are copied to the backend; those
-    updated in place must already be the backend's."""
+    """Each array on xp, all of one float dtype: DLPack arrays as views, host arrays copied to
+    the backend; those updated in place must already be the backend's."""
+    arrays = {k: _view(a) for k, a in arrays.items()}
     found = {k: _dtype(a) for k, a in arrays.items()}
     if len(set(found.values())) != 1 or next(iter(found.values())).name not in DTYPES:
         raise TypeError(
@@ -91,7 +128,7 @@ def _output(xp: Backend, out: Array | None, shape: tuple[int, ...], dtype: np.dt
     not, the op's check of its inputs reports why)."""
     if out is None and min(shape) > 0:
         return xp.empty(shape, dtype)
-    return out
+    return _view(out)
 
 
 def dense_forward(
@@ -107,7 +144,7 @@ def dense_forward(
     xp = _backend_for(X, backend)
     a = _prepare(xp, X=X, W=W, b=b)
     res = _output(xp, out, (_dim(a["X"], 0), _dim(a["W"], 1)), a["X"].dtype)
-    return xp.dense_forward(a["X"], a["W"], a["b"], activation, res)
+    return _back(X, out, xp.dense_forward(a["X"], a["W"], a["b"], activation, res))
 
 
 def output_forward(
@@ -121,7 +158,7 @@ def output_forward(
     xp = _backend_for(Z, backend)
     a = _prepare(xp, Z=Z)
     res = _output(xp, out, (_dim(a["Z"], 0), _dim(a["Z"], 1)), a["Z"].dtype)
-    return xp.output_forward(a["Z"], output, res)
+    return _back(Z, out, xp.output_forward(a["Z"], output, res))
 
 
 def output_delta(
@@ -145,7 +182,7 @@ def output_delta(
     stats = xp.zeros((2,), np.dtype(np.float64))
     xp.output_delta(a["Z"], a["Y"], output, loss, A, D, stats)
     total, correct = xp.to_host(stats)
-    return A, D, float(total) / shape[0], int(correct)
+    return _back(Z, out_A, A), _back(Z, out_D, D), float(total) / shape[0], int(correct)
 
 
 def delta_backward(
@@ -161,7 +198,7 @@ def delta_backward(
     xp = _backend_for(D, backend)
     a = _prepare(xp, D=D, W=W, A_prev=A_prev)
     res = _output(xp, out, (_dim(a["D"], 0), _dim(a["W"], 0)), a["D"].dtype)
-    return xp.delta_backward(a["D"], a["W"], a["A_prev"], activation, res)
+    return _back(D, out, xp.delta_backward(a["D"], a["W"], a["A_prev"], activation, res))
 
 
 def weight_gradient(
@@ -179,7 +216,7 @@ def weight_gradient(
     dW = _output(xp, out_W, (k, n), a["D"].dtype)
     db = _output(xp, out_b, (n,), a["D"].dtype)
     xp.weight_gradient(a["A_prev"], a["D"], dW, db)
-    return dW, db
+    return _back(A_prev, out_W, dW), _back(A_prev, out_b, db)
 
 
 def optimizer_state(

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from bpgpu.schedules import Schedule
+
 #: numbers every kernel update reads: (lr, weight_decay, then six of the rule's own)
 KERNEL_SCALARS = 8
 
@@ -34,6 +36,11 @@ def hyperparameter(default: float, low: float, high: float = math.inf, *, open_l
     """A dataclass field holding a number in [low, high) ((low, high) with ``open_low``),
     checked by ``Optimizer.__post_init__``."""
     return field(default=default, metadata={"range": (low, high, open_low)})
+
+
+def learning_rate(default: float):
+    """The ``lr`` field: a positive number, or a Schedule (bpgpu/schedules.py)."""
+    return field(default=default, metadata={"range": (0.0, math.inf, True), "schedule": True})
 
 
 def _check(name: str, value: object, low: float, high: float, open_low: bool) -> float:
@@ -51,7 +58,7 @@ def _check(name: str, value: object, low: float, high: float, open_low: bool) ->
 class Optimizer:
     """Base class: a frozen set of hyperparameters and the rule that uses them."""
 
-    lr: float
+    lr: float | Schedule
 
     #: the rule's name ('sgd', 'rmsprop', 'adam'), also the kernel entry points' name part
     kind: ClassVar[str] = "base"
@@ -65,9 +72,15 @@ class Optimizer:
 
     def __post_init__(self) -> None:
         for f in fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("schedule") and isinstance(value, Schedule):
+                continue
             if "range" in f.metadata:
-                value = _check(f.name, getattr(self, f.name), *f.metadata["range"])
-                object.__setattr__(self, f.name, value)
+                object.__setattr__(self, f.name, _check(f.name, value, *f.metadata["range"]))
+
+    def lr_at(self, t: int) -> float:
+        """The learning rate of update t (counted from 1)."""
+        return self.lr(t) if isinstance(self.lr, Schedule) else self.lr
 
     def params(self) -> dict[str, Any]:
         """The hyperparameters by name."""
@@ -77,7 +90,7 @@ class Optimizer:
         """What the kernels read for update ``t`` (counted from 1): (lr, weight_decay, then the
         rule's own numbers, see kernels/optimizers.cuh), KERNEL_SCALARS long."""
         own = self._kernel_scalars(t)
-        return (self.lr, self.weight_decay, *own) + (0.0,) * (KERNEL_SCALARS - 2 - len(own))
+        return (self.lr_at(t), self.weight_decay, *own) + (0.0,) * (KERNEL_SCALARS - 2 - len(own))
 
     def _kernel_scalars(self, t: int) -> tuple[float, ...]:
         return ()
@@ -105,13 +118,15 @@ class Optimizer:
         raise NotImplementedError
 
     def torch_optimizer(self) -> tuple[str, dict[str, Any]]:
-        """The ``torch.optim`` class name and keyword arguments of the same rule."""
+        """The ``torch.optim`` class name and keyword arguments of the same rule (with a
+        schedule, its first rate; bpgpu decays weights only, so give torch's biases a parameter
+        group without weight decay)."""
         raise NotImplementedError
 
 
 @dataclass(frozen=True)
 class SGD(Optimizer):
-    lr: float = hyperparameter(0.01, 0.0, open_low=True)
+    lr: float | Schedule = learning_rate(0.01)  # noqa: RUF009 (a dataclasses.field)
     momentum: float = hyperparameter(0.0, 0.0, 1.0)
     nesterov: bool = False
     weight_decay: float = hyperparameter(0.0, 0.0)
@@ -146,12 +161,12 @@ class SGD(Optimizer):
                 G += tmp  # step = g + mu v
             else:
                 np.copyto(G, v)  # step = v
-        G *= self.lr
+        G *= self.lr_at(t)
         P -= G
 
     def torch_optimizer(self) -> tuple[str, dict[str, Any]]:
         return "SGD", {
-            "lr": self.lr,
+            "lr": self.lr_at(1),
             "momentum": self.momentum,
             "nesterov": self.nesterov,
             "weight_decay": self.weight_decay,
@@ -160,7 +175,7 @@ class SGD(Optimizer):
 
 @dataclass(frozen=True)
 class RMSprop(Optimizer):
-    lr: float = hyperparameter(1e-3, 0.0, open_low=True)
+    lr: float | Schedule = learning_rate(1e-3)  # noqa: RUF009 (a dataclasses.field)
     rho: float = hyperparameter(0.9, 0.0, 1.0)
     eps: float = hyperparameter(1e-7, 0.0, open_low=True)
     weight_decay: float = hyperparameter(0.0, 0.0)
@@ -183,12 +198,12 @@ class RMSprop(Optimizer):
         np.sqrt(s, out=tmp)
         tmp += self.eps
         G /= tmp
-        G *= self.lr
+        G *= self.lr_at(t)
         P -= G  # p -= lr g / (sqrt(s) + eps)
 
     def torch_optimizer(self) -> tuple[str, dict[str, Any]]:
         return "RMSprop", {
-            "lr": self.lr,
+            "lr": self.lr_at(1),
             "alpha": self.rho,
             "eps": self.eps,
             "weight_decay": self.weight_decay,
@@ -197,7 +212,7 @@ class RMSprop(Optimizer):
 
 @dataclass(frozen=True)
 class Adam(Optimizer):
-    lr: float = hyperparameter(1e-3, 0.0, open_low=True)
+    lr: float | Schedule = learning_rate(1e-3)  # noqa: RUF009 (a dataclasses.field)
     beta1: float = hyperparameter(0.9, 0.0, 1.0)
     beta2: float = hyperparameter(0.999, 0.0, 1.0)
     eps: float = hyperparameter(1e-8, 0.0, open_low=True)
@@ -213,7 +228,7 @@ class Adam(Optimizer):
             self.beta1,
             self.beta2,
             self.eps,
-            self.lr / (1.0 - self.beta1**t),
+            self.lr_at(t) / (1.0 - self.beta1**t),
             1.0 / math.sqrt(1.0 - self.beta2**t),
         )
 
@@ -233,12 +248,12 @@ class Adam(Optimizer):
         tmp *= 1.0 / np.sqrt(1.0 - self.beta2**t)
         tmp += self.eps
         np.divide(m, tmp, out=G)
-        G *= self.lr / (1.0 - self.beta1**t)
+        G *= self.lr_at(t) / (1.0 - self.beta1**t)
         P -= G
 
     def torch_optimizer(self) -> tuple[str, dict[str, Any]]:
         return "Adam", {
-            "lr": self.lr,
+            "lr": self.lr_at(1),
             "betas": (self.beta1, self.beta2),
             "eps": self.eps,
             "weight_decay": self.weight_decay,

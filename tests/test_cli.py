@@ -82,7 +82,7 @@ def test_bad_layers_exit_2(capsys, layers, message):
     "argv, message",
     [
         (["train", "--dataset", "nope"], "invalid choice"),
-        (["train", "--epochs", "many"], "invalid int"),
+        (["train", "--epochs", "many"], "argument --epochs: must be an integer"),
         (["train", "--dataset", "digits", "--data-dir", "/x"], "only for --dataset mnist"),
         (["train", "--dataset", "mnist", "--data-dir", "/no/such/dir"], "not a folder"),
         (["train", "--dataset", "xor", "--backend", "cupy"], "cupy"),

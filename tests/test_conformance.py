@@ -36,6 +36,7 @@ from bpgpu.backends.base import Backend, BackendUnavailableError, Network
 from bpgpu.backends.numpy_backend import NumpyBackend
 from bpgpu.functions import ACTIVATIONS, COMBINATIONS, OUTPUTS
 from bpgpu.optimizers import SGD, Adam, Optimizer, RMSprop
+from bpgpu.schedules import StepDecay, Warmup
 from helpers import F32, F64, REF, Memory, assert_close, random, reference, targets
 
 IN_SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
@@ -508,12 +509,18 @@ def test_train_steps(xp, case, rng, classes, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize(
     "optimizer",
-    [Adam(lr=1e-2), RMSprop(lr=1e-3), SGD(lr=0.1, momentum=0.9, nesterov=True)],
-    ids=lambda o: o.kind,
+    [
+        Adam(lr=1e-2),
+        RMSprop(lr=1e-3),
+        SGD(lr=0.1, momentum=0.9, nesterov=True),
+        SGD(lr=Warmup(StepDecay(0.1, step_size=3, gamma=0.5), steps=2), momentum=0.9),
+    ],
+    ids=["adam", "rmsprop", "sgd", "sgd-scheduled"],
 )
 def test_fit_matches_the_reference(xp, case, rng, optimizer, dtype):
     """bpgpu.MLP on this backend and on the reference from the same seed: the loss curve, the
-    final weights and the predictions agree."""
+    final weights and the predictions agree (a learning-rate schedule too: every update's rate
+    reaches the kernels without recompiling or recapturing)."""
     if case.size == "tiny" and optimizer.kind != "adam":
         pytest.skip("the simulator fits with Adam only (test_weight_update covers every rule)")
     net_spec = NETS[case.size]

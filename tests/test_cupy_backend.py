@@ -26,15 +26,19 @@ def xp():
         yield backend
 
 
-def test_a_fit_replays_captured_graphs_and_matches_the_reference(xp, rng):
+@pytest.mark.parametrize(
+    "lr", [0.01, bpgpu.ExponentialDecay(0.02, gamma=0.95)], ids=["constant", "scheduled"]
+)
+def test_a_fit_replays_captured_graphs_and_matches_the_reference(xp, rng, lr):
     """200 samples in batches of 48: four full batches and one of 8, so two graphs (one per
     batch size), each captured on its second step and replayed after; Adam's numbers change
-    every update, so a replay that read stale ones would drift from the reference."""
+    every update (and a schedule's rate too), so a replay that read stale ones would drift
+    from the reference; a schedule needs no new capture."""
     X, y = rng.normal(size=(200, 20)), rng.integers(0, 3, 200)
     runs = []
     for backend in (xp, "reference"):
         net = bpgpu.MLP([20, 33, 3], activation="tanh", backend=backend, dtype="float64", seed=0)
-        hist = net.fit(X, y, epochs=4, batch_size=48, optimizer=bpgpu.Adam(lr=0.01), seed=1)
+        hist = net.fit(X, y, epochs=4, batch_size=48, optimizer=bpgpu.Adam(lr=lr), seed=1)
         runs.append((np.array(hist["loss"]), net.get_weights()))
     assert len(xp._graphs) == 2
     # every step of a size but its first (eager) launches the graph: 4 x 1 - 1 and 4 x 4 - 1

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PYTHON_SOURCES = ["bpgpu", "tests", "bench"]
+PYTHON_SOURCES = ["bpgpu", "tests", "bench", "examples"]
 
 
 def run(cmd: list[str]) -> None:

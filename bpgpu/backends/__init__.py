@@ -67,8 +67,10 @@ def get_backend(name: str | Backend | None = "auto") -> Backend:
         name = "auto"
     if not isinstance(name, str):
         raise TypeError(f"backend must be a name or a Backend; got {type(name).__name__}")
+    chosen_by = ""
     if name == "auto":
         name = os.environ.get("BPGPU_BACKEND", "auto") or "auto"
+        chosen_by = "" if name == "auto" else f"BPGPU_BACKEND={name!r} in the environment: "
     if name == "auto":
         for candidate in available_backends():
             backend = _load(candidate)
@@ -76,8 +78,11 @@ def get_backend(name: str | Backend | None = "auto") -> Backend:
                 return backend
         raise BackendUnavailableError("no backend can run here")  # numpy always can
     if name not in REGISTRY:
-        raise ValueError(f"backend must be one of {['auto', *REGISTRY]}; got {name!r}")
-    return _load(name)
+        raise ValueError(f"{chosen_by}backend must be one of {['auto', *REGISTRY]}; got {name!r}")
+    try:
+        return _load(name)
+    except BackendUnavailableError as exc:
+        raise BackendUnavailableError(f"{chosen_by}{exc}") from None
 
 
 def available_backends() -> list[str]:

@@ -49,7 +49,7 @@ class CupyBackend(KernelOps):
             import cupy
         except ImportError as exc:
             raise BackendUnavailableError(
-                f"CuPy is not installed ({exc}); pip install 'bpgpu[cuda13]'"
+                f"CuPy is not installed ({exc}); pip install -e '.[cuda13]'"
             ) from None
         try:
             count = cupy.cuda.runtime.getDeviceCount()

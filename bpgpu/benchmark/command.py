@@ -3,7 +3,7 @@ same data, same optimizer, with the machine's own ceilings for scale; and a whol
 of the first two workloads.
 
     bpgpu bench [--quick] [--out DIR] [--workload 784-512-10:256[:relu[:softmax]] ...]
-                [--suite default|issue2] [--optimizer rmsprop,sgd] [--threads N]
+                [--suite default|cpu-compare] [--optimizer rmsprop,sgd] [--threads N]
                 [--fit N] [--fit-samples N] [--fit-epochs N]
 
 Reports go to bench/results/gpu/ when a GPU system ran, else bench/results/cpu/ (--quick:
@@ -17,6 +17,7 @@ write them.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from pathlib import Path
 
 from bpgpu.benchmark import report, systems
@@ -26,7 +27,12 @@ from bpgpu.optimizers import OPTIMIZERS
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bpgpu bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="bpgpu bench",
+        description="Time the training step (and a whole fit) of every bpgpu backend against "
+        "PyTorch, in one process on the same data with the same optimizer, with the machine's "
+        "own ceilings for scale; writes report.json, report.md and plots.",
+    )
     p.add_argument(
         "--quick",
         action="store_true",
@@ -41,7 +47,13 @@ def _parser() -> argparse.ArgumentParser:
         type=parse_workload,
         help="LAYERS:BATCH[:ACT[:OUTPUT]], repeatable",
     )
-    p.add_argument("--suite", choices=sorted(SUITES), default="default")
+    p.add_argument(
+        "--suite",
+        choices=sorted(SUITES),
+        default="default",
+        help="default: six workloads from launch- to GEMM-bound; cpu-compare: the NumPy "
+        "backend's four shapes against PyTorch on a CPU (default: %(default)s)",
+    )
     p.add_argument(
         "--optimizer", default="rmsprop", help=f"comma-separated: {', '.join(OPTIMIZERS)}"
     )
@@ -146,8 +158,22 @@ def main(argv: list[str] | None = None) -> int:
     lineup = choose_systems(set(args.systems.split(",")) if args.systems else None)
     out = args.out or default_out(lineup.gpu, args.quick)
     check_out(out, lineup.gpu)  # before any timing, so a refused run costs nothing
+    plots = not args.no_plots and _can_plot()
     machine = report.machine()  # before the run: its load average is the one at the start
     result = run(chosen, lineup, on_row=lambda row: print(report.progress_line(row), flush=True))
-    report.write(out, report.assemble(machine, chosen.as_dict(), result), not args.no_plots)
+    report.write(out, report.assemble(machine, chosen.as_dict(), result), plots)
     print(f"report written to {out}")
     return 0
+
+
+def _can_plot() -> bool:
+    """Whether matplotlib is there for the plots; says so, before any timing, when it is not
+    (the report is written without them)."""
+    if importlib.util.find_spec("matplotlib") is not None:
+        return True
+    print(
+        "bpgpu bench: matplotlib is not installed: the report will have no plots "
+        "(pip install -e '.[bench]')",
+        flush=True,
+    )
+    return False

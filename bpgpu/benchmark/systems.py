@@ -4,7 +4,7 @@ A system turns (workload, optimizer, data) into a ``step(i)`` callable that runs
 training step on the i-th rotated batch, plus ``sync()`` that waits for queued work; or, for
 a whole ``fit``, into ``fresh()`` that resets the weights and optimizer state and returns the
 fit to time. All systems start from the same initial weights
-(``bpgpu.model.initial_weights``) and see the same batches in the same order.
+(``bpgpu.initializers.initial_weights``) and see the same batches in the same order.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import numpy as np
 
 from bpgpu.backends import get_backend
 from bpgpu.benchmark.workloads import Workload
-from bpgpu.model import MLP, initial_weights
+from bpgpu.initializers import initial_weights
+from bpgpu.model import MLP
 from bpgpu.optimizers import Optimizer
 
 if TYPE_CHECKING:

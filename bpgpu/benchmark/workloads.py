@@ -84,9 +84,9 @@ DEFAULT = [
     )
 ]
 
-#: the NumPy backend against PyTorch's CPU build, small to GEMM-bound (--suite issue2, as
-#: bench/compare_torch_cpu.py runs it)
-ISSUE2 = [
+#: the NumPy backend against PyTorch's CPU build, small to GEMM-bound (--suite cpu-compare,
+#: as bench/compare_torch_cpu.py runs it)
+CPU_COMPARE = [
     parse_workload(s)
     for s in (
         "784-512-10:256:relu:softmax",
@@ -96,7 +96,7 @@ ISSUE2 = [
     )
 ]
 
-SUITES = {"default": DEFAULT, "issue2": ISSUE2}
+SUITES = {"default": DEFAULT, "cpu-compare": CPU_COMPARE}
 
 #: --quick keeps every shape but caps the batch at this many rows
 QUICK_MAX_BATCH = 256
