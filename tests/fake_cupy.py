@@ -155,10 +155,13 @@ def install(launch: Callable) -> None:
 @contextlib.contextmanager
 def cupy_backend() -> Iterator[Any]:
     """The cupy backend over this stand-in (installed as ``cupy`` meanwhile), its kernels run
-    by the emulation; no fatbin, so modules come from the NVRTC path."""
+    by the emulation with its threads in a random order; no fatbin, so modules come from the
+    NVRTC path."""
     from bpgpu.backends.cuda_emulated import CudaEmulatedBackend
 
-    install(CudaEmulatedBackend()._launch)
+    # a schedule other than the emulated backend's own (ascending): the conformance suite then
+    # runs every kernel under two orders of its threads and blocks
+    install(CudaEmulatedBackend(schedule="random:1")._launch)
     saved = {k: sys.modules.get(k) for k in ("cupy",)}
     saved_fatbins = os.environ.get("BPGPU_FATBIN_DIR")
     sys.modules["cupy"] = sys.modules[__name__]  # type: ignore[assignment]
