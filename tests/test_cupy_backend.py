@@ -6,11 +6,14 @@ emulation's."""
 
 from __future__ import annotations
 
+import shutil
+
 import fake_cupy
 import numpy as np
 import pytest
 
 import bpgpu
+from bpgpu.backends import cuda_source
 from bpgpu.backends.base import BackendUnavailableError
 from bpgpu.backends.cuda_emulated import CudaEmulatedBackend
 from helpers import F64, assert_close
@@ -45,3 +48,30 @@ def test_a_fit_replays_captured_graphs_and_matches_the_reference(xp, rng):
         assert_close(W, wW, None, F64, "W", 48)
         assert_close(b, wb, None, F64, "b", 48)
     assert fake_cupy.RawModule.made and all(m["code"] for m in fake_cupy.RawModule.made)
+
+
+# ---- how modules are compiled ---------------------------------------------------------------
+
+
+def _train(xp, steps: int = 3) -> None:
+    """A few training steps: every module the step needs gets loaded."""
+    X, y = np.random.default_rng(0).normal(size=(24, 5)), np.arange(24) % 3
+    net = bpgpu.MLP([5, 7, 3], backend=xp, dtype="float64", seed=0)
+    net.fit(X, y, epochs=steps, batch_size=24, optimizer=bpgpu.SGD(lr=0.1))
+
+
+def test_nvrtc_options_key_every_kernel_source(xp, tmp_path, monkeypatch):
+    """CuPy's compile cache keys on a family's own text and the options, so the options carry
+    the hash of every kernel source: an edited header compiles anew."""
+    _train(xp, 1)
+    options = {tuple(m["options"]) for m in fake_cupy.RawModule.made}
+    assert options == {cuda_source.nvrtc_options()}
+    assert f"-DBPGPU_SOURCES_SHA256={cuda_source.sources_hash()}" in options.pop()
+    copy = tmp_path / "kernels"
+    shutil.copytree(cuda_source.kernel_dir(), copy)
+    monkeypatch.setattr(cuda_source, "kernel_dir", lambda: copy)
+    before = cuda_source.nvrtc_options()
+    with (copy / "gemm.cuh").open("a") as f:
+        f.write("// an edit\n")
+    changed = [(b, a) for b, a in zip(before, cuda_source.nvrtc_options(), strict=True) if b != a]
+    assert len(changed) == 1 and changed[0][0].startswith("-DBPGPU_SOURCES_SHA256=")

@@ -75,6 +75,35 @@ def defines() -> list[str]:
     return [f"-D{k}={v}" for k, v in TUNABLES.items()]
 
 
+def header_tunables() -> dict[str, int]:
+    """The tunables' defaults as kernels/common.cuh defines them (``#define NAME value``)."""
+    text = (kernel_dir() / "common.cuh").read_text()
+    found = re.findall(r"^#define (\w+) (\d+)\b", text, flags=re.MULTILINE)
+    return {name: int(value) for name, value in found if name in TUNABLES}
+
+
+#: the compiler flags of every GPU build that change the arithmetic. CuPy appends -ftz=true to
+#: every NVRTC compile (cupy.cuda.compiler, after the caller's options; NVRTC takes the last), so
+#: the fatbin build passes the same (CMakeLists.txt) and the
+#: two load paths flush float32 subnormals alike.
+NUMERICS: tuple[str, ...] = ("-ftz=true",)
+
+
+def nvrtc_options() -> tuple[str, ...]:
+    """The options of every NVRTC compile of a kernel family (without the architecture): the
+    language, the include folder, the tunables, the numerics, and the sha256 of every kernel
+    source as a macro no source reads. CuPy's compile cache keys on a family's own text and on
+    these options, so the hash makes an edited header (gemm.cuh, ...) compile anew rather than
+    reuse a cubin of the old one."""
+    return (
+        "-std=c++17",
+        f"-I{kernel_dir()}",
+        *defines(),
+        *NUMERICS,
+        f"-DBPGPU_SOURCES_SHA256={sources_hash()}",
+    )
+
+
 def gpu_report_status(report: str | Path = "bench/results/gpu/report.json") -> str:
     """One line saying whether the GPU report at ``report`` was measured on the current kernel
     sources (the per-file sha256 it holds against ``kernel_file_hashes()``). Informational: a

@@ -25,9 +25,9 @@ from bpgpu.backends.base import (
 )
 from bpgpu.backends.cuda_launch import Geometry, KernelOps
 from bpgpu.backends.cuda_source import (
-    defines,
     family_source,
     kernel_dir,
+    nvrtc_options,
     source_files,
     sources_hash,
 )
@@ -136,8 +136,7 @@ class CupyBackend(KernelOps):
                 module = cp.RawModule(path=str(fatbin))
             else:
                 source = family_source(family).read_text()
-                options = ("-std=c++17", f"-I{kernel_dir()}", *defines())
-                module = cp.RawModule(code=source, options=options, backend="nvrtc")
+                module = cp.RawModule(code=source, options=nvrtc_options(), backend="nvrtc")
             self._modules[family] = module
         return module
 
