@@ -153,10 +153,11 @@ def install(launch: Callable) -> None:
 
 
 @contextlib.contextmanager
-def cupy_backend() -> Iterator[Any]:
-    """The cupy backend over this stand-in (installed as ``cupy`` meanwhile), its kernels run
-    by the emulation with its threads in a random order; no fatbin, so modules come from the
-    NVRTC path."""
+def cupy_backend(fatbins: str = os.devnull, **options: Any) -> Iterator[Any]:
+    """The cupy backend (made with ``options``) over this stand-in (installed as ``cupy``
+    meanwhile), its kernels run by the emulation with its threads in a random order. Modules
+    come from the NVRTC path unless ``fatbins`` names a folder of fatbins (whose kernels are
+    the emulation's all the same)."""
     from bpgpu.backends.cuda_emulated import CudaEmulatedBackend
 
     # a schedule other than the emulated backend's own (ascending): the conformance suite then
@@ -165,12 +166,12 @@ def cupy_backend() -> Iterator[Any]:
     saved = {k: sys.modules.get(k) for k in ("cupy",)}
     saved_fatbins = os.environ.get("BPGPU_FATBIN_DIR")
     sys.modules["cupy"] = sys.modules[__name__]  # type: ignore[assignment]
-    os.environ["BPGPU_FATBIN_DIR"] = os.devnull
+    os.environ["BPGPU_FATBIN_DIR"] = str(fatbins)
     try:
         from bpgpu.backends.cupy_backend import CupyBackend
 
         CupyBackend.probe()
-        yield CupyBackend()
+        yield CupyBackend(**options)
     finally:
         for key, module in saved.items():
             if module is None:

@@ -24,6 +24,7 @@ from bpgpu.backends.cuda_source import (
     defines,
     families,
     family_source,
+    fatbin_problems,
     header_tunables,
     kernel_dir,
     nvrtc_options,
@@ -203,9 +204,11 @@ def test_ptxas_reports_no_spills_for_float32(cmake_build):
     assert not spills, "float32 kernels spill registers:\n" + "\n".join(spills)
 
 
-def test_cmake_builds_with_the_numerics_of_the_nvrtc_path(cmake_build):
-    """Every nvcc compile of the build gets the NVRTC path's numerics flags."""
-    _, log = cmake_build
+def test_cmake_builds_with_the_numerics_and_writes_a_manifest_bpgpu_accepts(cmake_build):
+    """Every nvcc compile of the build gets the NVRTC path's numerics flags, and the manifest
+    it writes beside the fatbins fits these sources, tunables and flags."""
+    build, log = cmake_build
     compiles = [line for line in log.splitlines() if "nvcc" in line and " -fatbin " in line]
     assert len(compiles) >= len(families()), "the verbose build log shows no nvcc compiles"
     assert all(all(flag in line for flag in NUMERICS) for line in compiles), compiles[0]
+    assert fatbin_problems(build / "fatbin") == []

@@ -6,7 +6,9 @@ emulation's."""
 
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 
 import fake_cupy
 import numpy as np
@@ -50,7 +52,7 @@ def test_a_fit_replays_captured_graphs_and_matches_the_reference(xp, rng):
     assert fake_cupy.RawModule.made and all(m["code"] for m in fake_cupy.RawModule.made)
 
 
-# ---- how modules are compiled ---------------------------------------------------------------
+# ---- how modules are loaded: NVRTC options, CMake's fatbins and their manifest ---------------
 
 
 def _train(xp, steps: int = 3) -> None:
@@ -75,3 +77,73 @@ def test_nvrtc_options_key_every_kernel_source(xp, tmp_path, monkeypatch):
         f.write("// an edit\n")
     changed = [(b, a) for b, a in zip(before, cuda_source.nvrtc_options(), strict=True) if b != a]
     assert len(changed) == 1 and changed[0][0].startswith("-DBPGPU_SOURCES_SHA256=")
+
+
+def fatbins(folder: Path, **changes: object) -> Path:
+    """A folder of stand-in fatbins (one per family) and the manifest.json CMakeLists.txt would
+    write for these sources, with ``changes`` to its fields."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for family in cuda_source.families():
+        (folder / f"{family}.fatbin").write_bytes(b"stand-in")
+    manifest = {
+        "defines": [],
+        "flags": list(cuda_source.NUMERICS),
+        "architectures": ["90"],
+        "files_sha256": cuda_source.kernel_file_hashes(),
+        **changes,
+    }
+    (folder / cuda_source.MANIFEST).write_text(json.dumps(manifest))
+    return folder
+
+
+def test_matching_fatbins_are_loaded_and_said(tmp_path):
+    folder = fatbins(tmp_path / "fatbin", defines=["TILE_K=16"])  # the default, given: fine
+    with fake_cupy.cupy_backend(fatbins=str(folder)) as backend:
+        assert backend.describe()["kernel_load"] == f"fatbin ({folder})"
+        _train(backend)
+    assert {m["path"] for m in fake_cupy.RawModule.made} == {
+        str(folder / f"{family}.fatbin") for family in cuda_source.families()
+    }
+
+
+STALE = {
+    "tunables": (
+        {"defines": ["TILE_K=32"]},
+        r"built with other tunables: TILE_K=32 \(bpgpu launches with 16\)",
+    ),
+    "sources": (
+        {"files_sha256": {**cuda_source.kernel_file_hashes(), "kernels/gemm.cuh": "0" * 64}},
+        r"built from other sources \(kernels/gemm.cuh changed since\)",
+    ),
+    "flags": ({"flags": []}, r"built with the flags \[\], not \['-ftz=true'\]"),
+}
+
+
+@pytest.mark.parametrize("stale", STALE)
+def test_fatbins_of_other_sources_tunables_or_flags_are_refused(tmp_path, monkeypatch, stale):
+    changes, why = STALE[stale]
+    folder = fatbins(tmp_path / "fatbin", **changes)
+    with fake_cupy.cupy_backend(fatbins=str(folder)) as backend:
+        assert backend.describe()["kernel_load"].startswith("none: refusing the fatbins")
+        with pytest.raises(RuntimeError, match=f"refusing the fatbins in {folder}: {why}"):
+            _train(backend)
+    monkeypatch.setenv("BPGPU_CUDA_LOAD", "nvrtc")  # asked for: NVRTC, whatever is on disk
+    with fake_cupy.cupy_backend(fatbins=str(folder)) as backend:
+        _train(backend)
+    assert all(m["code"] for m in fake_cupy.RawModule.made)
+
+
+def test_fatbins_without_a_manifest_or_asked_for_and_absent_are_refused(tmp_path, monkeypatch):
+    folder = fatbins(tmp_path / "fatbin")
+    (folder / cuda_source.MANIFEST).unlink()
+    monkeypatch.setenv("BPGPU_FATBIN_DIR", str(folder))
+    with pytest.raises(cuda_source.FatbinMismatchError, match=r"no readable manifest\.json"):
+        cuda_source.kernel_load()
+    monkeypatch.setenv("BPGPU_FATBIN_DIR", str(tmp_path / "empty"))
+    assert cuda_source.kernel_load() == ("nvrtc", None)
+    monkeypatch.setenv("BPGPU_CUDA_LOAD", "fatbin")
+    with pytest.raises(cuda_source.FatbinMismatchError, match="no fatbin of "):
+        cuda_source.kernel_load()
+    monkeypatch.setenv("BPGPU_CUDA_LOAD", "sometimes")
+    with pytest.raises(ValueError, match="BPGPU_CUDA_LOAD must be one of auto, fatbin, nvrtc"):
+        cuda_source.kernel_load()

@@ -1,8 +1,10 @@
 """The CuPy backend: the CUDA C kernels of ``kernels/`` on CuPy arrays.
 
 The ops are ``KernelOps`` (bpgpu/backends/cuda_launch.py: entry points, geometry, launches);
-this module gives them CuPy memory, the module loader (the CMake-built fatbin of a family when
-present, else NVRTC through ``cupy.RawModule``) and a training step captured in a CUDA graph.
+this module gives them CuPy memory, the module loader (CMake's fatbins when built, and built
+from these sources, tunables and flags, else NVRTC through ``cupy.RawModule``: chosen by
+``BPGPU_CUDA_LOAD``, see ``cuda_source.kernel_load``) and a training step captured in a CUDA
+graph.
 
 CuPy is imported only inside ``probe`` and the methods: ``import bpgpu`` never touches CUDA.
 """
@@ -25,10 +27,10 @@ from bpgpu.backends.base import (
 )
 from bpgpu.backends.cuda_launch import Geometry, KernelOps
 from bpgpu.backends.cuda_source import (
+    describe_kernel_load,
     family_source,
-    kernel_dir,
+    kernel_load,
     nvrtc_options,
-    source_files,
     sources_hash,
 )
 
@@ -69,6 +71,7 @@ class CupyBackend(KernelOps):
 
         super().__init__()
         self._cp = cupy
+        self._load: tuple[str, Path | None] | None = None
         self._device = cupy.cuda.Device().id
         self._modules: dict[str, Any] = {}
         self._functions: dict[str, Any] = {}
@@ -87,6 +90,7 @@ class CupyBackend(KernelOps):
             "cupy": cp.__version__,
             "device": name,
             "kernels_sha256": sources_hash(),
+            "kernel_load": describe_kernel_load(),
         }
 
     # ---- memory -------------------------------------------------------------------------------
@@ -127,13 +131,16 @@ class CupyBackend(KernelOps):
     # ---- modules and launches --------------------------------------------------------------------
 
     def _module(self, family: str) -> Any:
-        """The compiled module of one kernel family: the CMake fatbin if built, else NVRTC."""
+        """The compiled module of one kernel family: CMake's fatbin when built (and built from
+        these sources, tunables and flags: cuda_source.kernel_load), else NVRTC."""
         module = self._modules.get(family)
         if module is None:
             cp = self._cp
-            fatbin = _fatbin_path(family)
-            if fatbin is not None:
-                module = cp.RawModule(path=str(fatbin))
+            if self._load is None:
+                self._load = kernel_load()
+            folder = self._load[1]
+            if folder is not None:
+                module = cp.RawModule(path=str(folder / f"{family}.fatbin"))
             else:
                 source = family_source(family).read_text()
                 module = cp.RawModule(code=source, options=nvrtc_options(), backend="nvrtc")
@@ -227,14 +234,3 @@ def _step_key(
     layout = tuple((a.data.ptr, a.shape, a.dtype.str) for a in arrays)
     optimizers = tuple((s.optimizer.kind, s.optimizer.slots) for s in states)
     return (layout, tuple(net.activations), net.output, net.loss, optimizers)
-
-
-def _fatbin_path(family: str) -> Path | None:
-    """The CMake-built fatbin of a family (``BPGPU_FATBIN_DIR``, else ``build/fatbin`` in a
-    checkout), when it is newer than every kernel source; else None (compile with NVRTC)."""
-    folder = os.environ.get("BPGPU_FATBIN_DIR") or str(kernel_dir().parent / "build" / "fatbin")
-    path = Path(folder) / f"{family}.fatbin"
-    if not path.is_file():
-        return None
-    newest_source = max(p.stat().st_mtime for p in source_files())
-    return path if path.stat().st_mtime >= newest_source else None
