@@ -4,19 +4,20 @@ tests/broken_kernels.cu, each with one deliberate fault, are caught by the right
 address and source lines; their correct forms pass every check with the same bits under every
 schedule. Without the checks, the schedules and the poisoned shared memory still expose the faults
 whose results depend on them. tests/test_emulation_schedules.py runs the real kernels under the
-same checks.
+same checks; here, taking any barrier out of a real kernel makes racecheck fail.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bpgpu.backends.base import BackendUnavailableError
+from bpgpu.backends.base import BackendUnavailableError, Network
 from bpgpu.backends.cuda_emulated import CHECKS, CudaEmulatedBackend, KernelCheckError
 from helpers import guarded, guards_intact
 
@@ -230,3 +231,44 @@ def test_the_checks_are_named_and_validated(monkeypatch):
     monkeypatch.setenv("BPGPU_EMULATION_SCHEDULE", "descending")
     xp = CudaEmulatedBackend()  # what the registered backend takes in a test run
     assert (xp.schedule, xp.checks) == ("descending", ("racecheck", "memcheck"))
+
+
+# ---- the real kernels' barriers are watched -------------------------------------------------
+
+KERNEL_DIR = Path(__file__).resolve().parents[1] / "kernels"
+
+
+def _barriers() -> list[tuple[str, int]]:
+    """Every __syncthreads() of the real kernels: (file name, line number)."""
+    found = []
+    for path in sorted([*KERNEL_DIR.glob("*.cu"), *KERNEL_DIR.glob("*.cuh")]):
+        for number, text in enumerate(path.read_text().splitlines(), start=1):
+            if "__syncthreads();" in text:
+                found.append((path.name, number))
+    return found
+
+
+@pytest.mark.parametrize("name,number", _barriers(), ids=lambda v: str(v))
+def test_removing_any_barrier_of_the_real_kernels_is_caught(tmp_path, name, number):
+    """A copy of the kernels with one __syncthreads() taken out: the op that runs it, on the
+    instrumented build of that copy, fails racecheck (the copy's families include the mutated
+    file before the real one)."""
+    try:
+        CudaEmulatedBackend.probe()
+    except BackendUnavailableError as exc:
+        pytest.skip(str(exc))
+    copy = tmp_path / "kernels"
+    shutil.copytree(KERNEL_DIR, copy)
+    lines = (copy / name).read_text().splitlines(keepends=True)
+    lines[number - 1] = lines[number - 1].replace("__syncthreads();", ";  // removed")
+    (copy / name).write_text("".join(lines))
+    sources = [copy / f"{f}.cu" for f in ("dense_forward", "output", "gather")]
+    xp = CudaEmulatedBackend(checks="all", sources=sources)
+    rng = np.random.default_rng(0)
+    X, W = rng.standard_normal((67, 33)), rng.standard_normal((33, 5)) / 6
+    net = Network([W], [np.zeros(5)], [], "softmax", "cross_entropy")
+    ws = xp.workspace([33, 5], 67, np.dtype(np.float64))
+    Y = np.eye(5)[rng.integers(0, 5, 67)]
+    with pytest.raises(KernelCheckError, match=r"^racecheck: kernel \w+"):
+        # a GEMM (gemm.cuh), the fused last layer (its own barrier), the stats reduction
+        xp.evaluate_step(net, ws, X, Y, np.arange(67), np.zeros(2))

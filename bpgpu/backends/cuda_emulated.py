@@ -108,7 +108,9 @@ def build_commands(
         "-o",
         str(objects / "launch.o"),
     ]
-    link = [cxx, *_LINK, *(c[-1] for c in [*compiles, launcher]), "-o", str(output)]
+    # launch.o first: where a template instance (std::string, ...) is in both, the linker keeps
+    # the first, so the launcher's own code never runs instrumented
+    link = [cxx, *_LINK, *(c[-1] for c in [launcher, *compiles]), "-o", str(output)]
     return [*compiles, launcher, link]
 
 

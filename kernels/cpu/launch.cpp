@@ -190,14 +190,17 @@ std::string thread_set(std::vector<uint32_t> ts) {
 std::string where() { return format("kernel %s, %s", kernel_name, block_name(block_flat).c_str()); }
 
 // Record the first failure and stop the launch: from a kernel thread, switch to the scheduler for
-// good (the thread is never resumed); from the scheduler, return.
+// good (the thread is never resumed); from the scheduler, return. Every caller has called halt()
+// before it formats the message.
 void fail(const std::string& message) {
   if (failed) return;
   failed = true;
-  tracking = false;
   error = message;
   if (in_fiber) swapcontext(&fibers[current], &scheduler);
 }
+
+// The hooks stop checking: what follows (a message) is the launcher's own work.
+void halt() { tracking = false; }
 
 // ---- shared memory: racecheck and initcheck ------------------------------------------------
 struct Cell {  // one byte of the shared block
@@ -219,6 +222,7 @@ std::string shared_at(size_t off) {
 
 void race(const char* what, size_t off, uint32_t first, const void* first_pc, const char* first_did,
           const void* second_pc, const char* second_did) {
+  halt();
   fail(format("racecheck: %s: %s: %s %s %s at %s and %s %s it at %s, with no __syncthreads() between", where().c_str(),
               what, thread_name(first).c_str(), first_did, shared_at(off).c_str(), pc(first_pc).c_str(),
               thread_name(current).c_str(), second_did, pc(second_pc).c_str()));
@@ -290,6 +294,7 @@ std::string global_at(uintptr_t a, unsigned size) {
 
 void global_race(const char* what, uintptr_t a, const Word& first, const char* first_did, const void* at,
                  const char* second_did, const char* why) {
+  halt();
   fail(format("racecheck: kernel %s: %s: %s of %s %s %s at %s and %s of %s %s it at %s, %s", kernel_name, what,
               thread_name(first.thread).c_str(), block_name(first.block).c_str(), first_did, global_at(a, 4).c_str(),
               pc(first.pc).c_str(), thread_name(current).c_str(), block_name(block_flat).c_str(), second_did,
@@ -301,9 +306,11 @@ void global_access(uintptr_t a, unsigned size, bool write, const void* at) {
     bool inside = false;
     for (int i = 0; i < options->nargs && !inside; ++i)
       inside = a >= options->arrays[2 * i] && a + size <= options->arrays[2 * i + 1];
-    if (!inside)
+    if (!inside) {
+      halt();
       fail(format("memcheck: %s: %s %s %u bytes of %s at %s", where().c_str(), thread_name(current).c_str(),
                   write ? "writes" : "reads", size, global_at(a, size).c_str(), pc(at).c_str()));
+    }
   }
   if (!(checks & CHECK_RACE)) return;
   const Word mine{round_serial, block_flat, current, at};
