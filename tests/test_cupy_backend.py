@@ -147,3 +147,36 @@ def test_fatbins_without_a_manifest_or_asked_for_and_absent_are_refused(tmp_path
     monkeypatch.setenv("BPGPU_CUDA_LOAD", "sometimes")
     with pytest.raises(ValueError, match="BPGPU_CUDA_LOAD must be one of auto, fatbin, nvrtc"):
         cuda_source.kernel_load()
+
+
+def test_without_graphs_every_step_launches_eagerly():
+    with fake_cupy.cupy_backend(graphs=False) as backend:
+        assert backend.describe()["graphs"] == "off"
+        _train(backend, 4)
+        assert backend._graphs == {}
+
+
+@pytest.mark.gpu
+def test_fatbin_and_nvrtc_modules_train_alike(monkeypatch):
+    """On a GPU with fatbins built from these sources: training steps with modules from the
+    fatbins and from NVRTC agree (both compile with the same numerics flags; the two
+    compilers' versions may differ, so within the float32 tolerance, not bitwise)."""
+    from bpgpu.backends.cupy_backend import CupyBackend
+
+    monkeypatch.setenv("BPGPU_CUDA_LOAD", "fatbin")
+    try:
+        cuda_source.kernel_load()
+    except cuda_source.FatbinMismatchError as exc:
+        pytest.skip(f"no usable fatbins here: {exc}")
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(600, 33)), rng.integers(0, 10, 600)
+    runs = {}
+    for mode in ("fatbin", "nvrtc"):
+        monkeypatch.setenv("BPGPU_CUDA_LOAD", mode)
+        xp = CupyBackend()
+        assert xp.describe()["kernel_load"].startswith(mode)
+        net = bpgpu.MLP([33, 65, 10], activation="tanh", backend=xp, dtype="float32", seed=0)
+        net.fit(X, y, epochs=3, batch_size=128, optimizer=bpgpu.Adam(lr=1e-3), seed=1)
+        runs[mode] = [w for pair in net.get_weights() for w in pair]
+    for i, (a, b) in enumerate(zip(runs["fatbin"], runs["nvrtc"], strict=True)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"parameter {i}")

@@ -66,11 +66,15 @@ class CupyBackend(KernelOps):
                 f"the GPU has {capability / 10:.1f}"
             )
 
-    def __init__(self) -> None:
+    def __init__(self, graphs: bool = True) -> None:
+        """``graphs``: capture each training step in a CUDA graph and replay it (False: every
+        step launches its kernels one by one, as the first step does; the micro-benchmark
+        times both)."""
         import cupy
 
         super().__init__()
         self._cp = cupy
+        self._use_graphs = graphs
         self._load: tuple[str, Path | None] | None = None
         self._device = cupy.cuda.Device().id
         self._modules: dict[str, Any] = {}
@@ -91,6 +95,7 @@ class CupyBackend(KernelOps):
             "device": name,
             "kernels_sha256": sources_hash(),
             "kernel_load": describe_kernel_load(),
+            "graphs": "on" if self._use_graphs else "off",
         }
 
     # ---- memory -------------------------------------------------------------------------------
@@ -191,8 +196,9 @@ class CupyBackend(KernelOps):
         def ops() -> None:
             self._train_ops(net, ws, X, Y, fixed_index, states, stats)
 
-        if graph is None and key not in self._seen:
-            # first step with these buffers: eager, compiling modules and allocating scratch
+        if not self._use_graphs or (graph is None and key not in self._seen):
+            # eager: the first step with these buffers (compiling modules, allocating scratch),
+            # or every step without graphs
             self._seen.add(key)
             ops()
             return
