@@ -62,14 +62,16 @@ __device__ void weight_finish(const T* __restrict__ partW, const T* __restrict__
   const long long kn = (long long)k * n;
   const long long stride = (long long)gridDim.x * blockDim.x;
   for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < kn + n; e += stride) {
+    // element e of W (e < k n) or of b: its partial sums in split order, then its update
+    const bool weight = e < kn;
+    const long long i = weight ? e : e - kn, step = weight ? kn : n;
+    const T* part = weight ? partW : partb;
     T g = T(0);
-    if (e < kn) {
-      for (int z = 0; z < splits; ++z) g += partW[z * kn + e];
-      opt_apply_weight<T, O>(W, e, g, sW1, sW2, o);
+    for (int z = 0; z < splits; ++z) g += part[z * step + i];
+    if (weight) {
+      opt_apply_weight<T, O>(W, i, g, sW1, sW2, o);
     } else {
-      const long long c = e - kn;
-      for (int z = 0; z < splits; ++z) g += partb[(long long)z * n + c];
-      opt_apply<T, O>(b, c, g, sb1, sb2, o);
+      opt_apply<T, O>(b, i, g, sb1, sb2, o);
     }
   }
 }

@@ -5,7 +5,9 @@ device memory, CUDA-graph capture and replay) runs without a GPU.
 Arrays are NumPy arrays with CuPy's ``.data.ptr``, ``.device`` and ``.set``. A stream in capture
 mode records launches instead of running them; a graph replays the recorded launches with the
 very arguments they were recorded with (pointers frozen, contents read at replay), as a CUDA
-graph does. Nothing here says anything about a real GPU.
+graph does. Events read the host clock. tests/fake_gpu/cupy.py makes ``import cupy`` give this
+module in another process (the first-contact script's test). Nothing here says anything about a
+real GPU.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 import types
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
@@ -133,16 +136,36 @@ class CUDARuntimeError(RuntimeError):
     pass
 
 
+class Event:
+    """A CUDA event: the host clock when recorded (launches here run when made)."""
+
+    def record(self, stream: Any = None) -> None:
+        self.at = time.perf_counter()
+
+    def synchronize(self) -> None:
+        return None
+
+
+def get_elapsed_time(start: Event, stop: Event) -> float:
+    """Milliseconds between two recorded events."""
+    return (stop.at - start.at) * 1e3
+
+
 _stream = Stream()
 cuda = types.SimpleNamespace(
     runtime=types.SimpleNamespace(
         getDeviceCount=lambda: 1,
         getDeviceProperties=lambda device: {"multiProcessorCount": 4, "name": b"fake GPU"},
         CUDARuntimeError=CUDARuntimeError,
+        runtimeGetVersion=lambda: 13000,
     ),
     Device=lambda *a: types.SimpleNamespace(id=0, compute_capability="90"),
     get_current_stream=lambda: _stream,
     Stream=Stream,
+    Event=Event,
+    get_elapsed_time=get_elapsed_time,
+    set_allocator=lambda allocator=None: None,
+    set_pinned_memory_allocator=lambda allocator=None: None,
 )
 
 
@@ -152,22 +175,31 @@ def install(launch: Callable) -> None:
     RawModule.made = []
 
 
-@contextlib.contextmanager
-def cupy_backend() -> Iterator[Any]:
-    """The cupy backend over this stand-in (installed as ``cupy`` meanwhile), its kernels run
-    by the emulation; no fatbin, so modules come from the NVRTC path."""
+def install_emulation() -> None:
+    """Kernels run by the CPU emulation of the CUDA C, with its threads in a random order: a
+    schedule other than the emulated backend's own (ascending), so the conformance suite runs
+    every kernel under two orders of its threads and blocks."""
     from bpgpu.backends.cuda_emulated import CudaEmulatedBackend
 
-    install(CudaEmulatedBackend()._launch)
+    install(CudaEmulatedBackend(schedule="random:1")._launch)
+
+
+@contextlib.contextmanager
+def cupy_backend(fatbins: str = os.devnull, **options: Any) -> Iterator[Any]:
+    """The cupy backend (made with ``options``) over this stand-in (installed as ``cupy``
+    meanwhile), its kernels run by the emulation with its threads in a random order. Modules
+    come from the NVRTC path unless ``fatbins`` names a folder of fatbins (whose kernels are
+    the emulation's all the same)."""
+    install_emulation()
     saved = {k: sys.modules.get(k) for k in ("cupy",)}
     saved_fatbins = os.environ.get("BPGPU_FATBIN_DIR")
     sys.modules["cupy"] = sys.modules[__name__]  # type: ignore[assignment]
-    os.environ["BPGPU_FATBIN_DIR"] = os.devnull
+    os.environ["BPGPU_FATBIN_DIR"] = str(fatbins)
     try:
         from bpgpu.backends.cupy_backend import CupyBackend
 
         CupyBackend.probe()
-        yield CupyBackend()
+        yield CupyBackend(**options)
     finally:
         for key, module in saved.items():
             if module is None:

@@ -1,7 +1,7 @@
 """The codebase's habits, checked with every test run: ruff (its lint rule selection and its
-formatter, pyproject.toml), mypy on bpgpu/ (pyproject.toml), and clang-format on kernels/
-(kernels/.clang-format). Each is a development dependency of the test extra; a missing one is
-skipped with the reason."""
+formatter, pyproject.toml), mypy on bpgpu/ (pyproject.toml), and clang-format on kernels/ and
+the tests' CUDA C (kernels/.clang-format). Each is a development dependency of the test extra; a
+missing one is skipped with the reason."""
 
 from __future__ import annotations
 
@@ -47,7 +47,6 @@ def test_clang_format():
     if not Path(exe).is_file():
         pytest.skip("clang-format is not installed (it comes with the test extra)")
     kernels = ROOT / "kernels"
-    sources = sorted(
-        str(p) for p in kernels.rglob("*") if p.suffix in {".cu", ".cuh", ".h", ".cpp"}
-    )
+    found = [*kernels.rglob("*"), *(ROOT / "tests").glob("*.cu")]  # and the tests' kernels
+    sources = sorted(str(p) for p in found if p.suffix in {".cu", ".cuh", ".h", ".cpp"})
     run([exe, "--dry-run", "--Werror", f"--style=file:{kernels / '.clang-format'}", *sources])

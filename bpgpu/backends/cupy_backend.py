@@ -1,8 +1,10 @@
 """The CuPy backend: the CUDA C kernels of ``kernels/`` on CuPy arrays.
 
 The ops are ``KernelOps`` (bpgpu/backends/cuda_launch.py: entry points, geometry, launches);
-this module gives them CuPy memory, the module loader (the CMake-built fatbin of a family when
-present, else NVRTC through ``cupy.RawModule``) and a training step captured in a CUDA graph.
+this module gives them CuPy memory, the module loader (CMake's fatbins when built, and built
+from these sources, tunables and flags, else NVRTC through ``cupy.RawModule``: chosen by
+``BPGPU_CUDA_LOAD``, see ``cuda_source.kernel_load``) and a training step captured in a CUDA
+graph.
 
 CuPy is imported only inside ``probe`` and the methods: ``import bpgpu`` never touches CUDA.
 """
@@ -25,10 +27,10 @@ from bpgpu.backends.base import (
 )
 from bpgpu.backends.cuda_launch import Geometry, KernelOps
 from bpgpu.backends.cuda_source import (
-    defines,
+    describe_kernel_load,
     family_source,
-    kernel_dir,
-    source_files,
+    kernel_load,
+    nvrtc_options,
     sources_hash,
 )
 
@@ -64,11 +66,16 @@ class CupyBackend(KernelOps):
                 f"the GPU has {capability / 10:.1f}"
             )
 
-    def __init__(self) -> None:
+    def __init__(self, graphs: bool = True) -> None:
+        """``graphs``: capture each training step in a CUDA graph and replay it (False: every
+        step launches its kernels one by one, as the first step does; the micro-benchmark
+        times both)."""
         import cupy
 
         super().__init__()
         self._cp = cupy
+        self._use_graphs = graphs
+        self._load: tuple[str, Path | None] | None = None
         self._device = cupy.cuda.Device().id
         self._modules: dict[str, Any] = {}
         self._functions: dict[str, Any] = {}
@@ -87,6 +94,8 @@ class CupyBackend(KernelOps):
             "cupy": cp.__version__,
             "device": name,
             "kernels_sha256": sources_hash(),
+            "kernel_load": describe_kernel_load(),
+            "graphs": "on" if self._use_graphs else "off",
         }
 
     # ---- memory -------------------------------------------------------------------------------
@@ -127,17 +136,19 @@ class CupyBackend(KernelOps):
     # ---- modules and launches --------------------------------------------------------------------
 
     def _module(self, family: str) -> Any:
-        """The compiled module of one kernel family: the CMake fatbin if built, else NVRTC."""
+        """The compiled module of one kernel family: CMake's fatbin when built (and built from
+        these sources, tunables and flags: cuda_source.kernel_load), else NVRTC."""
         module = self._modules.get(family)
         if module is None:
             cp = self._cp
-            fatbin = _fatbin_path(family)
-            if fatbin is not None:
-                module = cp.RawModule(path=str(fatbin))
+            if self._load is None:
+                self._load = kernel_load()
+            folder = self._load[1]
+            if folder is not None:
+                module = cp.RawModule(path=str(folder / f"{family}.fatbin"))
             else:
                 source = family_source(family).read_text()
-                options = ("-std=c++17", f"-I{kernel_dir()}", *defines())
-                module = cp.RawModule(code=source, options=options, backend="nvrtc")
+                module = cp.RawModule(code=source, options=nvrtc_options(), backend="nvrtc")
             self._modules[family] = module
         return module
 
@@ -185,8 +196,9 @@ class CupyBackend(KernelOps):
         def ops() -> None:
             self._train_ops(net, ws, X, Y, fixed_index, states, stats)
 
-        if graph is None and key not in self._seen:
-            # first step with these buffers: eager, compiling modules and allocating scratch
+        if not self._use_graphs or (graph is None and key not in self._seen):
+            # eager: the first step with these buffers (compiling modules, allocating scratch),
+            # or every step without graphs
             self._seen.add(key)
             ops()
             return
@@ -228,14 +240,3 @@ def _step_key(
     layout = tuple((a.data.ptr, a.shape, a.dtype.str) for a in arrays)
     optimizers = tuple((s.optimizer.kind, s.optimizer.slots) for s in states)
     return (layout, tuple(net.activations), net.output, net.loss, optimizers)
-
-
-def _fatbin_path(family: str) -> Path | None:
-    """The CMake-built fatbin of a family (``BPGPU_FATBIN_DIR``, else ``build/fatbin`` in a
-    checkout), when it is newer than every kernel source; else None (compile with NVRTC)."""
-    folder = os.environ.get("BPGPU_FATBIN_DIR") or str(kernel_dir().parent / "build" / "fatbin")
-    path = Path(folder) / f"{family}.fatbin"
-    if not path.is_file():
-        return None
-    newest_source = max(p.stat().st_mtime for p in source_files())
-    return path if path.stat().st_mtime >= newest_source else None

@@ -1,7 +1,8 @@
 """The numba backend: the fused training ops as numba.cuda kernels (``numba_kernels.py``).
 
 Arrays are CuPy arrays when CuPy is importable and a real GPU is present (kernels then launch
-on CuPy's current stream and read the arrays through ``__cuda_array_interface__``, no copies);
+on CuPy's current stream and read the arrays through ``__cuda_array_interface__``, no copies,
+without numba's default synchronisation of that stream per array argument);
 otherwise numba's own device arrays. Under ``NUMBA_ENABLE_CUDASIM=1`` it runs on numba's CUDA
 simulator and says so with ``simulated = True``.
 """
@@ -36,6 +37,13 @@ class NumbaBackend(Backend):
             return
         if not numba_kernels.cuda.is_available():
             raise BackendUnavailableError("numba found no CUDA GPU (cuda.is_available() is False)")
+        try:  # a GPU without NVVM would fail at the first kernel, deep in a fit: say so now
+            numba_kernels.check_compiler()
+        except Exception as exc:  # numba's NVVM errors have no common base class
+            raise BackendUnavailableError(
+                f"numba cannot compile CUDA kernels ({type(exc).__name__}: {exc}); numba-cuda "
+                "needs NVVM: pip install 'numba-cuda[cu13]' (or [cu12]), or a CUDA toolkit"
+            ) from None
 
     def __init__(self) -> None:
         from bpgpu.backends import numba_kernels
@@ -68,11 +76,18 @@ class NumbaBackend(Backend):
         return info
 
     def _launch(self, kernel, grid, block):
-        """kernel[grid, block] on CuPy's current stream when arrays are CuPy's."""
-        if self._cupy is not None:
-            stream = self._cuda.external_stream(self._cupy.cuda.get_current_stream().ptr)
-            return kernel[grid, block, stream]
-        return kernel[grid, block]
+        """kernel[grid, block]; when arrays are CuPy's, on CuPy's current stream and without
+        the stream synchronisation numba would do per array argument."""
+        if self._cupy is None:
+            return kernel[grid, block]
+        stream = self._cuda.external_stream(self._cupy.cuda.get_current_stream().ptr)
+        configured = kernel[grid, block, stream]
+
+        def launch(*args):
+            with self._k.interface_sync_off():
+                configured(*args)
+
+        return launch
 
     # ---- memory -----------------------------------------------------------------------------
 

@@ -10,7 +10,10 @@ same the CUDA C kernels switch on.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import math
+from collections.abc import Iterator
 
 import numba
 import numpy as np
@@ -295,3 +298,49 @@ def gather_rows(src, index, out):
         j = e - i * n
         s = index[i]
         out[i, j] = src[s, j] if 0 <= s < src.shape[0] else math.nan
+
+
+# ---- what the backend needs of numba besides the kernels ------------------------------------
+
+
+def check_compiler() -> None:
+    """Compile a trivial kernel to PTX, which needs numba's NVVM but no GPU: raises (numba's
+    NvvmSupportError and the like) where numba could not compile the backend's kernels."""
+
+    def touch(a):
+        i = cuda.grid(1)
+        if i < a.size:
+            a[i] = 0.0
+
+    cuda.compile_ptx(touch, (numba.float32[:],), cc=(8, 0))
+
+
+def _interface_configs() -> list:
+    """The config objects whose CUDA_ARRAY_INTERFACE_SYNC numba reads when it imports an array
+    through ``__cuda_array_interface__`` (numba.core.config in current numba-cuda)."""
+    found: dict[int, object] = {}
+    for name in ("numba.cuda.api", "numba.cuda.cudadrv.devicearray"):
+        try:
+            config = getattr(importlib.import_module(name), "config", None)
+        except ImportError:  # the simulator has neither
+            continue
+        if hasattr(config, "CUDA_ARRAY_INTERFACE_SYNC"):
+            found[id(config)] = config
+    return list(found.values())
+
+
+@contextlib.contextmanager
+def interface_sync_off() -> Iterator[None]:
+    """Within: numba imports ``__cuda_array_interface__`` arrays (CuPy's) without synchronizing
+    the stream they name, which it does by default once per array argument
+    (NUMBA_CUDA_ARRAY_INTERFACE_SYNC). The backend launches on that very stream, so stream order
+    already holds; the setting is restored after."""
+    configs = _interface_configs()
+    saved = [c.CUDA_ARRAY_INTERFACE_SYNC for c in configs]
+    for c in configs:
+        c.CUDA_ARRAY_INTERFACE_SYNC = 0
+    try:
+        yield
+    finally:
+        for c, value in zip(configs, saved, strict=True):
+            c.CUDA_ARRAY_INTERFACE_SYNC = value

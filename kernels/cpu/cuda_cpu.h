@@ -1,24 +1,31 @@
 // cuda_cpu.h: the CUDA built-ins the kernels use, for running kernels/*.cu on the CPU as C++.
 //
 // Force-included (g++ -include) in front of every kernels/*.cu, so the sources stay untouched.
-// Blocks run one after another; the threads of a block run as ucontext fibers on one OS thread,
-// and __syncthreads() switches back to a scheduler that resumes every fiber once per round, so
-// each barrier is reached by all threads before any passes it. __shared__ becomes static
-// storage, shared by the fibers of the block being run. Each entry point registers itself
-// (BPGPU_REGISTER) so bpgpu_cpu_launch (launch.cpp) can call it by name with cuLaunchKernel-style
-// arguments. The backend "cuda-emulated" (bpgpu/backends/cuda_emulated.py) builds and drives it:
-// it checks the kernels' arithmetic, indexing, tails and launch code, not their speed, memory
-// model or races.
+// The threads of a block run as ucontext fibers on one OS thread; __syncthreads() switches back
+// to the scheduler of launch.cpp, which resumes every waiting fiber once per round, so each
+// barrier is reached by all threads before any passes it. The scheduler can take the threads of
+// a round, and the blocks of a grid, in several orders (ascending, descending, seeded random),
+// and checks that every thread reaches the same __syncthreads() call site (synccheck).
+//
+// __shared__ is thread_local static storage: one instance per OS thread, so the fibers of the
+// block being run share it, and the storage of every __shared__ array of the library is one
+// block (this library's TLS segment) that the launcher finds, poisons before each block and, in
+// the instrumented build, watches. The instrumented build compiles the kernels with
+// -fsanitize=thread for its instrumentation only: every load and store calls a __tsan_* hook,
+// which launch.cpp defines (no ThreadSanitizer runtime is linked) to check shared-memory races
+// and uninitialised reads (racecheck, initcheck), global-memory writers (racecheck) and bounds
+// (memcheck). Each entry point registers itself (BPGPU_REGISTER) so bpgpu_cpu_launch can call it
+// by name with cuLaunchKernel-style arguments. The backend "cuda-emulated"
+// (bpgpu/backends/cuda_emulated.py) builds and drives it: it checks the kernels' arithmetic,
+// indexing, tails, barriers and hazards, not their speed.
 #pragma once
 #define BPGPU_CPU 1
 
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
-#include <ucontext.h>
 
 #include <cstddef>
-#include <iterator>
 #include <map>
 #include <string>
 #include <type_traits>
@@ -28,13 +35,14 @@
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
 };
+// set by the scheduler before it resumes a thread
 inline dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 #define __global__
 #define __device__
 #define __forceinline__ inline
 #define __noinline__ __attribute__((noinline))
-#define __shared__ static
+#define __shared__ static thread_local
 #define __launch_bounds__(...)
 
 inline float __int_as_float(int i) {
@@ -54,11 +62,12 @@ using Invoker = void (*)(void* fn, void** args);
 struct Entry {
   void* fn;
   Invoker invoke;
+  std::vector<size_t> arg_sizes;  // sizeof each parameter: the cells args[i] points at
 };
-inline std::map<std::string, Entry>& registry() {
-  static std::map<std::string, Entry> table;
-  return table;
-}
+// every registered entry point by name (launch.cpp)
+std::map<std::string, Entry>& registry();
+// the barrier of the running block: the calling thread waits at call site file:line (launch.cpp)
+void barrier(const char* file, int line);
 
 template <class... P, size_t... I>
 void invoke_with(void (*f)(P...), void** args, std::index_sequence<I...>) {
@@ -70,29 +79,15 @@ void invoke(void* fn, void** args) {
 }
 template <class... P>
 int register_kernel(const char* name, void (*f)(P...)) {
-  registry()[name] = Entry{reinterpret_cast<void*>(f), &invoke<P...>};
+  registry()[name] = Entry{reinterpret_cast<void*>(f), &invoke<P...>, {sizeof(P)...}};
   return 0;
-}
-
-// ---- fibers -------------------------------------------------------------------------------------
-inline ucontext_t scheduler;
-inline std::vector<ucontext_t> fibers;
-inline std::vector<dim3> fiber_tid;
-inline std::vector<char> fiber_done;
-inline int current = 0;
-inline const Entry* running = nullptr;
-inline void** running_args = nullptr;
-
-inline void fiber_main() {
-  running->invoke(running->fn, running_args);
-  fiber_done[current] = 1;
 }
 
 }  // namespace bpgpu_cpu
 
-inline void __syncthreads() {
-  using namespace bpgpu_cpu;
-  swapcontext(&fibers[current], &scheduler);
+// The default arguments are evaluated at the call site: each barrier knows its source line.
+inline void __syncthreads(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  bpgpu_cpu::barrier(file, line);
 }
 
 #define BPGPU_REGISTER(name) static const int bpgpu_registered_##name = bpgpu_cpu::register_kernel(#name, &name);
