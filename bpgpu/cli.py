@@ -7,6 +7,7 @@ User errors (bad arguments, missing data or extras, a backend that cannot run) p
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import time
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ import numpy as np
 import bpgpu
 from bpgpu import datasets
 from bpgpu.backends import REGISTRY, BackendUnavailableError, get_backend
+from bpgpu.files import write_bytes
 from bpgpu.functions import ACTIVATIONS, OUTPUTS
 from bpgpu.model import MLP
 from bpgpu.optimizers import OPTIMIZERS, make_optimizer
@@ -125,6 +127,7 @@ def _pyplot():
 
 
 def _plot(plt, history: dict[str, list[float]], path: str, title: str) -> None:
+    """The loss curve as a PNG at ``path``, written atomically."""
     fig, ax = plt.subplots(figsize=(6, 4))
     epochs = np.arange(1, len(history["loss"]) + 1)
     ax.plot(epochs, history["loss"], label="training loss")
@@ -135,8 +138,10 @@ def _plot(plt, history: dict[str, list[float]], path: str, title: str) -> None:
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
+    write_bytes(path, png.getvalue())
 
 
 def train(args: argparse.Namespace) -> int:

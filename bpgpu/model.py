@@ -461,7 +461,8 @@ class MLP:
     # ---- files ----------------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the architecture and weights to an ``.npz`` file (no pickle)."""
+        """Write the architecture and weights to an ``.npz`` file (no pickle), atomically: a
+        crash while saving leaves the old file whole."""
         saved = serialization.SavedModel(
             layers=list(self.layers),
             activations=list(self.activations),

@@ -1,5 +1,6 @@
 """Model files: a model's description and weights as a plain ``.npz``, readable with
-``allow_pickle=False``. Plain arrays in, plain arrays out: this module knows nothing of MLP.
+``allow_pickle=False``, written atomically (bpgpu/files.py). Plain arrays in, plain arrays out:
+this module knows nothing of MLP.
 
 Keys: ``format_version`` (int), ``layers`` (int64 sizes), ``activations`` (str array, one per
 hidden layer), ``output``, ``loss``, ``dtype`` (0-d str arrays), and ``W{l}``, ``b{l}`` for
@@ -13,6 +14,8 @@ import zipfile
 from dataclasses import dataclass
 
 import numpy as np
+
+from bpgpu.files import atomic_write
 
 FORMAT_VERSION = 1
 
@@ -30,7 +33,8 @@ class SavedModel:
 
 
 def save(path: str | os.PathLike, model: SavedModel) -> None:
-    """Write ``model`` to ``path`` as an ``.npz`` of plain arrays."""
+    """Write ``model`` to ``path`` as an ``.npz`` of plain arrays, atomically: ``path`` holds
+    either its old content or all of the new, whenever the process stops."""
     arrays: dict[str, np.ndarray] = {
         "format_version": np.array(FORMAT_VERSION, dtype=np.int64),
         "layers": np.array(model.layers, dtype=np.int64),
@@ -41,7 +45,7 @@ def save(path: str | os.PathLike, model: SavedModel) -> None:
     }
     for l, (W, b) in enumerate(model.weights, start=1):
         arrays[f"W{l}"], arrays[f"b{l}"] = W, b
-    with open(path, "wb") as f:  # a file object: np.savez would append .npz to a bare name
+    with atomic_write(path) as f:  # a file object: np.savez would append .npz to a bare name
         np.savez(f, **arrays)  # type: ignore[arg-type]
 
 
