@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from bpgpu import datasets, ops
+from bpgpu.archive import ModelFileError
 from bpgpu.backends import BackendUnavailableError, available_backends, get_backend
 from bpgpu.history import History
 from bpgpu.model import MLP, TrainingDivergedError, load
@@ -19,6 +20,7 @@ __all__ = [
     "Adam",
     "BackendUnavailableError",
     "History",
+    "ModelFileError",
     "Optimizer",
     "RMSprop",
     "TrainingDivergedError",

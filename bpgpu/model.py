@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from bpgpu import serialization
+from bpgpu.archive import ModelFileError
 from bpgpu.backends import get_backend
 from bpgpu.backends.base import Array, Backend, Network, OptimizerState, Workspace
 from bpgpu.functions import (
@@ -31,7 +32,14 @@ from bpgpu.functions import (
 )
 from bpgpu.history import History
 from bpgpu.optimizers import Optimizer, make_optimizer
-from bpgpu.validation import as_matrix, as_targets, check_dtype, check_int, check_layers
+from bpgpu.validation import (
+    as_matrix,
+    as_targets,
+    check_dtype,
+    check_int,
+    check_layers,
+    physical_memory,
+)
 
 #: rows per batch when evaluating or predicting
 EVAL_BATCH = 4096
@@ -474,17 +482,33 @@ class MLP:
         serialization.save(path, saved)
 
 
-def load(path: str | os.PathLike, backend: str | Backend | None = "auto") -> MLP:
-    """A model written by ``MLP.save``, on ``backend``."""
-    saved = serialization.read(path)
-    model = MLP(
-        saved.layers,
-        activation=saved.activations if saved.activations else "sigmoid",
-        output=saved.output,
-        loss=saved.loss,
-        backend=backend,
-        dtype=saved.dtype,
-    )
+def load(
+    path: str | os.PathLike, backend: str | Backend | None = "auto", max_bytes: int | None = None
+) -> MLP:
+    """A model written by ``MLP.save``, on ``backend``.
+
+    The file is checked before anything is allocated; a file that is not a sound bpgpu model
+    raises ModelFileError (a ValueError) naming the file and the field. ``max_bytes`` caps
+    what its arrays may declare (default: the host's memory).
+    """
+    xp = get_backend(backend)
+    name = os.fspath(path)
+    if max_bytes is not None:
+        check_int(max_bytes, "max_bytes", 1)
+    saved = serialization.read(name, physical_memory() if max_bytes is None else max_bytes)
+    try:
+        model = MLP(
+            saved.layers,
+            activation=saved.activations if saved.activations else "sigmoid",
+            output=saved.output,
+            loss=saved.loss,
+            backend=xp,
+            dtype=saved.dtype,
+        )
+    except ValueError as exc:
+        raise ModelFileError(
+            serialization.MODEL_FILE, name, f"describes a network bpgpu cannot build: {exc}"
+        ) from None
     model.set_weights(saved.weights)
     return model
 
