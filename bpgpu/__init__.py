@@ -11,6 +11,7 @@ from bpgpu.backends import BackendUnavailableError, available_backends, get_back
 from bpgpu.history import History
 from bpgpu.model import MLP, TrainingDivergedError, load
 from bpgpu.optimizers import SGD, Adam, Optimizer, RMSprop
+from bpgpu.validation import MemoryBudgetError
 
 __version__ = "0.1.0"
 
@@ -20,6 +21,7 @@ __all__ = [
     "Adam",
     "BackendUnavailableError",
     "History",
+    "MemoryBudgetError",
     "ModelFileError",
     "Optimizer",
     "RMSprop",

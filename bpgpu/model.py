@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,11 +33,14 @@ from bpgpu.functions import (
 from bpgpu.history import History
 from bpgpu.optimizers import Optimizer, make_optimizer
 from bpgpu.validation import (
+    MemoryBudgetError,
     as_matrix,
     as_targets,
     check_dtype,
     check_int,
     check_layers,
+    check_memory,
+    input_scale,
     physical_memory,
 )
 
@@ -51,14 +54,11 @@ class TrainingDivergedError(FloatingPointError):
     """The loss became NaN or infinite; the model kept its last finite weights."""
 
 
-def initial_weights(
+def _draw_weights(
     layers: Sequence[int], activations: Sequence[str], seed: int | None
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Float64 weights drawn on the host, the same for every backend: He normal for a ReLU
-    layer (std sqrt(2 / fan_in)), Glorot uniform otherwise (limit sqrt(6 / (fan_in + fan_out)));
-    zero biases."""
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The float64 (W, b) of each layer in turn (see ``initial_weights``)."""
     rng = np.random.default_rng(seed)
-    weights = []
     for l, (fan_in, fan_out) in enumerate(itertools.pairwise(layers)):
         act = activations[l] if l < len(activations) else "output"
         if act == "relu":
@@ -66,8 +66,37 @@ def initial_weights(
         else:
             limit = math.sqrt(6.0 / (fan_in + fan_out))
             W = rng.uniform(-limit, limit, size=(fan_in, fan_out))
-        weights.append((W, np.zeros(fan_out)))
-    return weights
+        yield W, np.zeros(fan_out)
+
+
+def initial_weights(
+    layers: Sequence[int], activations: Sequence[str], seed: int | None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Float64 weights drawn on the host, the same for every backend: He normal for a ReLU
+    layer (std sqrt(2 / fan_in)), Glorot uniform otherwise (limit sqrt(6 / (fan_in + fan_out)));
+    zero biases."""
+    return list(_draw_weights(layers, activations, seed))
+
+
+def _check_model_memory(layers: Sequence[int], dtype: np.dtype, backend: Backend) -> None:
+    """Before any weight is drawn: each W within the backend's array size limit, and all of
+    them (with the largest drawn in float64 first, on the host) within its memory."""
+    sizes = [fan_in * fan_out for fan_in, fan_out in itertools.pairwise(layers)]
+    limit = backend.max_elements
+    for l, size in enumerate(sizes, start=1):
+        if limit is not None and size > limit:
+            raise MemoryBudgetError(
+                f"layers {list(layers)}: W_{l} would hold {size} elements; the "
+                f"{backend.name} kernels take at most {limit} per array"
+            )
+    params = sum(sizes) + sum(layers[1:])
+    check_memory(
+        params * dtype.itemsize + 8 * max(sizes),
+        backend.memory_bytes(),
+        f"layers {list(layers)} in {dtype.name} ({params} weights and biases of "
+        f"{dtype.itemsize} bytes, the largest layer drawn in float64 first)",
+        f"the {backend.name} backend's memory",
+    )
 
 
 @dataclass(frozen=True)
@@ -125,13 +154,13 @@ class MLP:
         self.seed = seed
         self.backend = get_backend(backend)
         xp = self.backend
-        init = initial_weights(self.layers, self.activations, seed)
+        _check_model_memory(self.layers, self.dtype, xp)
+        Ws, bs = [], []
+        for W, b in _draw_weights(self.layers, self.activations, seed):
+            Ws.append(xp.asarray(W, self.dtype))  # each float64 layer freed once copied
+            bs.append(xp.asarray(b, self.dtype))
         self._net = Network(
-            W=[xp.asarray(W, self.dtype) for W, _ in init],
-            b=[xp.asarray(b, self.dtype) for _, b in init],
-            activations=self.activations,
-            output=self.output,
-            loss=self.loss_name,
+            W=Ws, b=bs, activations=self.activations, output=self.output, loss=self.loss_name
         )
         self._workspaces: dict[int, Workspace] = {}
 
@@ -225,11 +254,25 @@ class MLP:
     def _targets(self, y: object, n: int, name: str = "y") -> np.ndarray:
         return as_targets(y, name, n, self.layers[-1], self.output, self.dtype)
 
-    def _device_data(self, X: object, y: object) -> tuple[Array, Array, int]:
+    def _host_data(self, X: object, y: object) -> tuple[np.ndarray, np.ndarray]:
         Xh = self._inputs(X)
-        Yh = self._targets(y, Xh.shape[0])
+        return Xh, self._targets(y, Xh.shape[0])
+
+    def _on_device(self, Xh: np.ndarray, Yh: np.ndarray) -> tuple[Array, Array, int]:
         xp = self.backend
         return xp.asarray(Xh, self.dtype), xp.asarray(Yh, self.dtype), Xh.shape[0]
+
+    def _overflow_error(self, what: str, X: np.ndarray, Y: np.ndarray | None = None) -> ValueError:
+        """The error for results that are not finite although X (and y) are: the forward pass
+        (or the loss) overflowed the model's dtype."""
+        scales = f"X reaches {input_scale(X):.3g}"
+        if Y is not None:
+            scales += f", y {input_scale(Y):.3g}"
+        largest = max(input_scale(a) for pair in self.get_weights() for a in pair)
+        return ValueError(
+            f"{what} overflows {self.dtype.name} ({scales}, the weights {largest:.3g} in "
+            "magnitude): scale the inputs to about 1, for example standardize each feature"
+        )
 
     # ---- evaluation -----------------------------------------------------------------------------
 
@@ -253,7 +296,8 @@ class MLP:
         return float(total) / n, float(correct) / n
 
     def predict_proba(self, X: object) -> np.ndarray:
-        """The output layer's activations, shape (n, layers[-1]), as a NumPy array."""
+        """The output layer's activations, shape (n, layers[-1]), as a NumPy array; ValueError
+        naming X if they overflow the model's dtype."""
         Xh = self._inputs(X)
         xp = self.backend
         Xd = xp.asarray(Xh, self.dtype)
@@ -262,7 +306,10 @@ class MLP:
         def run(ws: Workspace, index: Array, rows: slice) -> None:
             result[rows] = xp.to_host(xp.predict_step(self._net, ws, Xd, index))
 
-        self._in_batches(Xh.shape[0], run)
+        with np.errstate(over="ignore", invalid="ignore"):  # reported below, as an error
+            self._in_batches(Xh.shape[0], run)
+        if not np.all(np.isfinite(result)):
+            raise self._overflow_error("the forward pass of X", Xh)
         return result
 
     def predict(self, X: object) -> np.ndarray:
@@ -279,13 +326,21 @@ class MLP:
 
     def loss(self, X: object, y: object) -> float:
         """Mean loss over (X, y); no update."""
-        return self._evaluate(*self._device_data(X, y))[0]
+        return self._checked_evaluate(*self._host_data(X, y))[0]
+
+    def _checked_evaluate(self, Xh: np.ndarray, Yh: np.ndarray) -> tuple[float, float]:
+        """``_evaluate`` of host data; ValueError naming X and y if the loss overflows."""
+        with np.errstate(over="ignore", invalid="ignore"):  # reported below, as an error
+            loss, correct = self._evaluate(*self._on_device(Xh, Yh))
+        if not math.isfinite(loss):
+            raise self._overflow_error("the loss of X against y", Xh, Yh)
+        return loss, correct
 
     def score(self, X: object, y: object) -> float:
         """Accuracy for a classifier (every output right for multi-output sigmoid), R^2 for
         regression (averaged over outputs)."""
         if self.is_classifier:
-            return self._evaluate(*self._device_data(X, y))[1]
+            return self._checked_evaluate(*self._host_data(X, y))[1]
         Xh = self._inputs(X)
         Y = self._targets(y, Xh.shape[0]).astype(np.float64)
         P = self.predict_proba(Xh).astype(np.float64)
@@ -297,7 +352,8 @@ class MLP:
 
     def gradients(self, X: object, y: object) -> list[tuple[np.ndarray, np.ndarray]]:
         """[(dW_1, db_1), ...] of the mean loss over (X, y) as NumPy arrays; no update."""
-        Xd, Yd, n = self._device_data(X, y)
+        Xh, Yh = self._host_data(X, y)
+        Xd, Yd, n = self._on_device(Xh, Yh)
         xp = self.backend
         grads = [
             (xp.empty(W.shape, self.dtype), xp.empty(b.shape, self.dtype))
@@ -313,8 +369,12 @@ class MLP:
                 tW += weight * xp.to_host(gW)
                 tb += weight * xp.to_host(gb)
 
-        self._in_batches(n, run)
-        return [(W.astype(self.dtype), b.astype(self.dtype)) for W, b in total]
+        with np.errstate(over="ignore", invalid="ignore"):  # reported below, as an error
+            self._in_batches(n, run)
+        result = [(W.astype(self.dtype), b.astype(self.dtype)) for W, b in total]
+        if not all(np.all(np.isfinite(g)) for pair in result for g in pair):
+            raise self._overflow_error("the gradients of X against y", Xh, Yh)
+        return result
 
     # ---- training -------------------------------------------------------------------------------
 
@@ -505,6 +565,8 @@ def load(
             backend=xp,
             dtype=saved.dtype,
         )
+    except MemoryBudgetError:
+        raise
     except ValueError as exc:
         raise ModelFileError(
             serialization.MODEL_FILE, name, f"describes a network bpgpu cannot build: {exc}"

@@ -3,6 +3,8 @@ argument; a failed fit leaves the weights exactly as they were; divergence is re
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -83,6 +85,24 @@ def test_unavailable_backend_says_why():
         bpgpu.MLP([2, 2], backend="cupy")
 
 
+def test_a_model_beyond_memory_is_refused_before_allocating():
+    """Named by its layers, dtype and bytes, before NumPy is asked for 7 TiB."""
+    with pytest.raises(
+        bpgpu.MemoryBudgetError, match=r"layers \[1000000, 1000000\] in float32 .* need 10.9 TiB"
+    ) as info:
+        bpgpu.MLP([10**6, 10**6], backend="numpy")
+    assert isinstance(info.value, ValueError) and isinstance(info.value, MemoryError)
+
+
+def test_kernel_backends_refuse_arrays_beyond_32_bit_indexing():
+    try:
+        backend = bpgpu.get_backend("cuda-emulated")
+    except bpgpu.BackendUnavailableError as exc:
+        pytest.skip(str(exc))
+    with pytest.raises(bpgpu.MemoryBudgetError, match="W_1 would hold 2500000000 elements"):
+        bpgpu.MLP([50000, 50000, 2], backend=backend)
+
+
 # ---- data: fit, predict, loss, score, gradients ---------------------------------------------
 
 BAD_X = [
@@ -131,6 +151,19 @@ def test_bad_X(net, data, method, bad, exc, match):
     with pytest.raises(exc, match=match):
         getattr(net, method)(*args)
     assert same_weights(before, net.get_weights())
+
+
+@pytest.mark.parametrize("method", ["predict", "predict_proba", "loss", "score", "gradients"])
+def test_inputs_that_overflow_the_forward_pass(method):
+    """Finite float32 inputs near its largest value overflow X @ W: a ValueError naming X and
+    the sizes at fault, not NaN outputs and RuntimeWarnings."""
+    net = bpgpu.MLP([4, 5, 3], activation="relu", backend="numpy", seed=0)
+    X = np.array([[3e38, 3e38, -3e38, -3e38], [1.0, 2.0, 3.0, 4.0]])
+    args = (X,) if method.startswith("predict") else (X, [0, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no RuntimeWarning on the way
+        with pytest.raises(ValueError, match=r"of X .*overflows float32 \(X reaches 3e\+38"):
+            getattr(net, method)(*args)
 
 
 BAD_Y = [

@@ -36,6 +36,7 @@ import numpy as np
 from bpgpu.backends import checks
 from bpgpu.backends.state import Array, Network, OptimizerState, Workspace
 from bpgpu.optimizers import Optimizer
+from bpgpu.validation import physical_memory
 
 __all__ = [
     "Array",
@@ -111,6 +112,11 @@ class Backend(ABC):
     def synchronize(self) -> None:
         """Wait for queued work."""
         return None  # nothing is queued on the CPU
+
+    def memory_bytes(self) -> int | None:
+        """The memory this backend's arrays live in, in bytes (None: unknown); what a model
+        and its training are checked against before anything is allocated."""
+        return None
 
     # ---- the ops, arguments checked ---------------------------------------------------------
 
@@ -328,6 +334,9 @@ class Backend(ABC):
 
 class HostMemory:
     """Memory for backends whose arrays are NumPy arrays on the host."""
+
+    def memory_bytes(self) -> int | None:
+        return physical_memory()
 
     def asarray(self, host: np.ndarray, dtype: np.dtype) -> np.ndarray:
         return np.array(host, dtype=dtype, order="C", copy=True)
