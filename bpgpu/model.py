@@ -3,7 +3,8 @@
 The model holds its weights on the backend's device and drives the backend's composed steps
 (``train_step``, ``evaluate_step``, ``predict_step`` of bpgpu/backends/base.py); it never
 computes on the arrays itself. Every argument is checked before anything changes, so a call
-that raises leaves the model as it was.
+that raises leaves the model as it was; ``fit`` stopped by divergence keeps what its exception
+says (bpgpu/training.py).
 """
 
 from __future__ import annotations
@@ -12,17 +13,21 @@ import itertools
 import math
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
 from bpgpu import serialization
 from bpgpu.archive import ModelFileError
 from bpgpu.backends import get_backend
-from bpgpu.backends.base import Array, Backend, Network, OptimizerState, Workspace
+from bpgpu.backends.base import (
+    Array,
+    Backend,
+    Network,
+    OptimizerState,
+    Workspace,
+)
 from bpgpu.functions import (
     ACTIVATIONS,
     OUTPUTS,
@@ -31,7 +36,17 @@ from bpgpu.functions import (
     check_name,
 )
 from bpgpu.history import History
-from bpgpu.optimizers import Optimizer, make_optimizer
+from bpgpu.optimizers import SGD, Optimizer
+from bpgpu.training import (
+    FitData,
+    FitSettings,
+    ModelState,
+    Run,
+    TrainingDivergedError,
+    check_fit_arguments,
+    check_validation_arguments,
+    divergence_message,
+)
 from bpgpu.validation import (
     MemoryBudgetError,
     as_matrix,
@@ -44,14 +59,12 @@ from bpgpu.validation import (
     physical_memory,
 )
 
+__all__ = ["MLP", "TrainingDivergedError", "initial_weights", "load"]
+
 #: rows per batch when evaluating or predicting
 EVAL_BATCH = 4096
 #: batch sizes whose buffers a model keeps at once
 _WORKSPACES_KEPT = 4
-
-
-class TrainingDivergedError(FloatingPointError):
-    """The loss became NaN or infinite; the model kept its last finite weights."""
 
 
 def _draw_weights(
@@ -97,19 +110,6 @@ def _check_model_memory(layers: Sequence[int], dtype: np.dtype, backend: Backend
         f"{dtype.itemsize} bytes, the largest layer drawn in float64 first)",
         f"the {backend.name} backend's memory",
     )
-
-
-@dataclass(frozen=True)
-class _FitSettings:
-    """fit's own arguments, checked."""
-
-    epochs: int
-    batch_size: int
-    optimizer: Optimizer
-    shuffle: bool
-    seed: int | None
-    patience: int | None
-    verbose: bool
 
 
 class MLP:
@@ -163,6 +163,10 @@ class MLP:
             W=Ws, b=bs, activations=self.activations, output=self.output, loss=self.loss_name
         )
         self._workspaces: dict[int, Workspace] = {}
+        #: the History of the last fit (of the epochs completed, after an interruption)
+        self.history: History | None = None
+        self._optimizer: Optimizer | None = None
+        self._states: list[OptimizerState] | None = None
 
     # ---- description ------------------------------------------------------------------------
 
@@ -378,6 +382,12 @@ class MLP:
 
     # ---- training -------------------------------------------------------------------------------
 
+    @property
+    def optimizer(self) -> Optimizer | None:
+        """The optimizer whose state the model holds: what ``fit`` without an optimizer, or
+        with this same object, continues. None before the first ``fit``."""
+        return self._optimizer
+
     def fit(
         self,
         X: object,
@@ -392,38 +402,67 @@ class MLP:
         validation_data: tuple[object, object] | None = None,
         patience: int | None = None,
         verbose: bool = False,
+        *,
+        reset: bool = False,
     ) -> History:
-        """Train by minibatch backpropagation; returns the per-epoch History.
+        """Train by minibatch backpropagation; returns the per-epoch History (also kept as
+        ``self.history``).
 
-        ``optimizer`` is an Optimizer or a name ('sgd' default, 'rmsprop', 'adam'; ``lr`` sets
-        a named one's rate). ``batch_size=1`` is per-sample SGD. ``validation_split`` holds out
-        the last fraction of (X, y) before shuffling; ``validation_data`` is an (X, y) pair
-        instead. With ``patience``, training stops once the validation loss (the training loss
-        without validation data) has not improved for that many epochs, and the model keeps
-        the weights of its best epoch. If the loss turns NaN or infinite, TrainingDivergedError
-        is raised and the model keeps the weights of the last epoch whose loss was finite.
+        ``optimizer`` is an Optimizer or a name ('sgd', 'rmsprop', 'adam'; ``lr`` sets a named
+        one's rate). The model keeps the optimizer's state (momentum, Adam's moments, the update
+        count): a later ``fit`` given the same optimizer object, or none, continues it, so two
+        1-epoch fits equal one 2-epoch fit (with ``shuffle=False``); a new optimizer object or a
+        name, or ``reset=True``, starts it afresh. With no optimizer to continue: plain SGD.
+
+        ``batch_size=1`` is per-sample SGD. ``validation_split`` holds out the last fraction of
+        (X, y) before shuffling; ``validation_data`` is an (X, y) pair instead. With
+        ``patience``, training stops once the validation loss (the training loss without
+        validation data) has not improved for that many epochs, and the model keeps the weights
+        of its best epoch.
+
+        A loss that turns NaN or infinite raises TrainingDivergedError: the model keeps the
+        weights of the last epoch whose loss was finite and whose forward pass stays finite, and
+        the exception the History so far. Any other error leaves the model as it was.
         """
         # Everything is checked before anything changes.
-        settings = _check_fit_arguments(
-            epochs, batch_size, optimizer, lr, shuffle, seed, patience, verbose
+        settings = check_fit_arguments(
+            epochs, batch_size, optimizer, lr, shuffle, seed, patience, verbose, reset
         )
-        _check_validation_arguments(validation_split, validation_data)
+        check_validation_arguments(validation_split, validation_data)
+        data = self._fit_data(X, y, validation_split, validation_data)
+        opt = self._fit_optimizer(settings)
+        continuing = not settings.reset and opt is self._optimizer and bool(self._states)
+        self._check_fit_memory(settings, data, opt, continuing)
+        before = self._state_before_fit(continuing)
+        run: Run | None = None
+        try:
+            # a loss overflowing on its way to divergence raises TrainingDivergedError, not
+            # warnings
+            with np.errstate(over="ignore", invalid="ignore"):
+                run = self._start_run(settings, data, opt, continuing, before)
+                self._train(run)
+        except TrainingDivergedError:
+            raise  # the model holds what the exception says
+        except BaseException:
+            self._restore_state(before)  # a failed fit leaves the model as it was
+            raise
+        finally:
+            if run is not None and run.bar is not None:
+                run.bar.close()
+        return run.history
+
+    # ---- fit's arguments and what the model holds ---------------------------------------------
+
+    def _fit_data(
+        self,
+        X: object,
+        y: object,
+        validation_split: float,
+        validation_data: tuple[object, object] | None,
+    ) -> FitData:
         Xh = self._inputs(X)
         Yh = self._targets(y, Xh.shape[0])
-        Xh, Yh, val = self._hold_out(Xh, Yh, validation_split, validation_data)
-        xp = self.backend
-        data = (xp.asarray(Xh, self.dtype), xp.asarray(Yh, self.dtype), Xh.shape[0])
-        held_out = None
-        if val is not None:
-            held_out = (xp.asarray(val[0], self.dtype), xp.asarray(val[1], self.dtype), len(val[0]))
-        before = self._snapshot()
-        try:
-            return self._train(settings, data, held_out)
-        except TrainingDivergedError:
-            raise  # the weights of the last finite epoch are already in place
-        except Exception:
-            self._restore(before)  # a failed fit leaves the model as it was
-            raise
+        return FitData(*self._hold_out(Xh, Yh, validation_split, validation_data))
 
     def _hold_out(
         self,
@@ -448,83 +487,181 @@ class MLP:
             )
         return X[:-n_val], Y[:-n_val], (X[-n_val:], Y[-n_val:])
 
-    def _train(
-        self,
-        settings: _FitSettings,
-        data: tuple[Array, Array, int],
-        held_out: tuple[Array, Array, int] | None,
-    ) -> History:
-        """The epoch loop of ``fit`` on checked arguments and device data."""
-        xp = self.backend
-        X, Y, n = data
-        states: list[OptimizerState] = [
-            xp.optimizer_state(settings.optimizer, W, b)
-            for W, b in zip(self._net.W, self._net.b, strict=True)
-        ]
-        rng = np.random.default_rng(self.seed if settings.seed is None else settings.seed)
-        order = np.arange(n, dtype=np.int64)
-        last_finite = self._snapshot()
-        stopping = _EarlyStopping(self, settings.patience) if settings.patience else None
-        history = History(backend=xp.name)
-        stats = self._stats()
-        started = time.perf_counter()
-        bar = _progress(settings.epochs, settings.verbose)
-        try:
-            # a loss overflowing on its way to divergence raises TrainingDivergedError, not warnings
-            with np.errstate(over="ignore", invalid="ignore"):
-                for epoch in range(1, settings.epochs + 1):
-                    if settings.shuffle:
-                        rng.shuffle(order)
-                    index = xp.asarray(order, np.dtype(np.int64))
-                    xp.copy_into(stats, xp.zeros((2,), np.dtype(np.float64)))
-                    for start in range(0, n, settings.batch_size):
-                        stop = min(start + settings.batch_size, n)
-                        ws = self._workspace(stop - start)
-                        xp.train_step(self._net, ws, X, Y, index[start:stop], states, stats)
-                    figures = self._epoch_figures(epoch, stats, n, held_out, last_finite)
-                    history.record(epoch, figures)
-                    self._snapshot_into(last_finite)
-                    if bar is not None:
-                        bar.set_postfix({k: f"{v:.4f}" for k, v in figures.items()})
-                        bar.update(1)
-                    if stopping is not None and stopping.stop(epoch, figures):
-                        history.stopped_epoch = epoch
-                        break
-        finally:
-            if bar is not None:
-                bar.close()
-        if stopping is not None:
-            stopping.restore_best(history)
-        xp.synchronize()
-        history.wall_time = time.perf_counter() - started
-        return history
+    def _fit_optimizer(self, settings: FitSettings) -> Optimizer:
+        """The optimizer of this fit: the one given, else the model's own, else SGD."""
+        if settings.optimizer is not None:
+            return settings.optimizer
+        return self._optimizer if self._optimizer is not None else SGD()
 
-    def _epoch_figures(
+    def _check_fit_memory(
+        self, settings: FitSettings, data: FitData, opt: Optimizer, continuing: bool
+    ) -> None:
+        """MemoryBudgetError before anything is allocated when the training data, the
+        optimizer state, the weight copies and the batch buffers cannot fit on the backend."""
+        item = self.dtype.itemsize
+        params = sum(W.size + b.size for W, b in zip(self._net.W, self._net.b, strict=True))
+        samples = len(data.X) + (0 if data.val is None else len(data.val[0]))
+        rows = min(settings.batch_size, len(data.X)) + min(EVAL_BATCH, samples)
+        buffers = rows * (2 * sum(self.layers) + 2 * self.layers[-1])
+        copies = 3 + (settings.patience is not None) + (0 if continuing else len(opt.slots))
+        needed = item * (
+            params * (1 + copies) + samples * (self.layers[0] + self.layers[-1]) + buffers
+        )
+        check_memory(
+            needed,
+            self.backend.memory_bytes(),
+            f"training layers {list(self.layers)} in {self.dtype.name} on {samples} samples "
+            f"with batch_size={settings.batch_size} (data, optimizer state, weight copies, "
+            "batch buffers)",
+            f"the {self.backend.name} backend's memory",
+        )
+
+    def _state_before_fit(self, continuing: bool) -> ModelState:
+        """What fit may change, to put back if it fails: the weights (a device copy), the
+        optimizer and its state (host copies, when fit continues and so changes them) and the
+        History."""
+        xp = self.backend
+        copies = [xp.export_optimizer_state(s) for s in self._states or []] if continuing else []
+        return ModelState(self._snapshot(), self._optimizer, self._states, copies, self.history)
+
+    def _restore_state(self, state: ModelState) -> None:
+        self._restore(state.weights)
+        self._optimizer, self._states, self.history = state.optimizer, state.states, state.history
+        for layer, host in zip(self._states or [], state.state_copies, strict=False):
+            self.backend.import_optimizer_state(layer, host)
+
+    def _start_run(
         self,
-        epoch: int,
-        stats: Array,
-        n: int,
-        held_out: tuple[Array, Array, int] | None,
-        last_finite: list[Array],
-    ) -> dict[str, float]:
-        """The epoch's loss (and accuracy, and validation figures); on a loss that is not
-        finite, the weights of the last finite epoch back and TrainingDivergedError."""
-        total, correct = self.backend.to_host(stats)
-        figures = {"loss": float(total) / n}
+        settings: FitSettings,
+        data: FitData,
+        opt: Optimizer,
+        continuing: bool,
+        before: ModelState,
+    ) -> Run:
+        """The data on the device, the optimizer state (continued or fresh) and the loop's
+        position; from here on the model holds this run's optimizer and History."""
+        xp = self.backend
+        states = self._states if continuing and self._states else []
+        if not states:
+            states = [
+                xp.optimizer_state(opt, W, b) for W, b in zip(self._net.W, self._net.b, strict=True)
+            ]
+        held_out = None
+        if data.val is not None:
+            Xv, Yv = data.val
+            held_out = (xp.asarray(Xv, self.dtype), xp.asarray(Yv, self.dtype), len(Xv))
+        n = len(data.X)
+        run = Run(
+            settings=settings,
+            optimizer=opt,
+            X=xp.asarray(data.X, self.dtype),
+            Y=xp.asarray(data.Y, self.dtype),
+            n=n,
+            held_out=held_out,
+            host_X=data.X,
+            states=states,
+            rng=np.random.default_rng(self.seed if settings.seed is None else settings.seed),
+            order=np.arange(n, dtype=np.int64),
+            stats=self._stats(),
+            history=History(backend=xp.name),
+            stopping=EarlyStopping(self, settings.patience) if settings.patience else None,
+            before=before.weights,
+        )
+        self._optimizer, self._states, self.history = opt, states, run.history
+        run.kept = [(run.epochs_done, self._snapshot())]
+        run.bar = _progress(settings.epochs, settings.verbose)
+        return run
+
+    # ---- the epoch loop -------------------------------------------------------------------------
+
+    def _train(self, run: Run) -> None:
+        """The epochs of fit, from where ``run`` stands, then the best epoch's weights back
+        under early stopping."""
+        if run.history.stopped_epoch is None:
+            for epoch in range(run.epochs_done + 1, run.settings.epochs + 1):
+                self._run_epoch(run)
+                if self._end_epoch(run, epoch):
+                    break
+        if run.stopping is not None:
+            run.stopping.restore_best(run.history)
+        self.backend.synchronize()
+        run.history.wall_time = run.elapsed()
+
+    def _run_epoch(self, run: Run) -> None:
+        """The steps of an epoch not yet done: a new epoch reshuffles and zeroes its sums."""
+        xp, settings = self.backend, run.settings
+        if run.batches_done == 0:
+            if settings.shuffle:
+                run.rng.shuffle(run.order)
+            xp.copy_into(run.stats, xp.zeros((2,), np.dtype(np.float64)))
+        index = xp.asarray(run.order, np.dtype(np.int64))
+        for start in range(run.batches_done * settings.batch_size, run.n, settings.batch_size):
+            stop = min(start + settings.batch_size, run.n)
+            ws = self._workspace(stop - start)
+            xp.train_step(self._net, ws, run.X, run.Y, index[start:stop], run.states, run.stats)
+            run.batches_done += 1
+
+    def _end_epoch(self, run: Run, epoch: int) -> bool:
+        """Record a finished epoch (or raise on divergence) and keep its weights; returns
+        whether early stopping ends training."""
+        figures = self._epoch_figures(run, epoch)
+        run.history.record(epoch, figures)
+        run.epochs_done, run.batches_done = epoch, 0
+        self._keep(run, epoch)
+        stop = run.stopping is not None and run.stopping.stop(epoch, figures)
+        if stop:
+            run.history.stopped_epoch = epoch
+        if run.bar is not None:
+            run.bar.set_postfix({k: f"{v:.4f}" for k, v in figures.items()})
+            run.bar.update(1)
+        return stop
+
+    def _epoch_figures(self, run: Run, epoch: int) -> dict[str, float]:
+        """The epoch's loss (and accuracy, and validation figures); TrainingDivergedError on a
+        loss that is not finite."""
+        total, correct = self.backend.to_host(run.stats)
+        figures = {"loss": float(total) / run.n}
         if not math.isfinite(figures["loss"]):
-            self._restore(last_finite)
-            raise TrainingDivergedError(
-                f"training diverged at epoch {epoch}: the loss became {figures['loss']}; "
-                f"the model keeps the weights of epoch {epoch - 1} (try a smaller learning rate)"
-            )
+            self._diverged(run, epoch, figures["loss"])
         if self.is_classifier:
-            figures["accuracy"] = float(correct) / n
-        if held_out is not None:
-            val_loss, val_acc = self._evaluate(*held_out)
+            figures["accuracy"] = float(correct) / run.n
+        if run.held_out is not None:
+            val_loss, val_acc = self._evaluate(*run.held_out)
             figures["val_loss"] = val_loss
             if self.is_classifier:
                 figures["val_accuracy"] = val_acc
         return figures
+
+    def _keep(self, run: Run, epoch: int) -> None:
+        """The weights at the end of ``epoch``, newest first, beside the previous epoch's:
+        the candidates for the weights kept if training diverges."""
+        if len(run.kept) < 2:
+            run.kept.insert(0, (epoch, self._snapshot()))
+            return
+        _, oldest = run.kept.pop()
+        self._snapshot_into(oldest)
+        run.kept.insert(0, (epoch, oldest))
+
+    def _diverged(self, run: Run, epoch: int, loss: float) -> NoReturn:
+        """Put back the newest kept weights whose loss over the training data is finite (an
+        epoch's loss is summed over its steps, so the weights at its end have not been
+        through a whole forward pass yet), else the weights from before fit; drop the
+        optimizer state, which the diverging steps have filled; raise."""
+        kept_epoch = None
+        for candidate_epoch, weights in run.kept:
+            self._restore(weights)
+            if math.isfinite(self._evaluate(run.X, run.Y, run.n)[0]):
+                kept_epoch = candidate_epoch
+                break
+        else:
+            self._restore(run.before)
+        self._states = None
+        run.history.wall_time = run.elapsed()
+        raise TrainingDivergedError(
+            divergence_message(epoch, loss, kept_epoch, input_scale(run.host_X), run.optimizer),
+            history=run.history,
+            kept_epoch=kept_epoch,
+        )
 
     # ---- files ----------------------------------------------------------------------------------
 
@@ -575,7 +712,7 @@ def load(
     return model
 
 
-class _EarlyStopping:
+class EarlyStopping:
     """Stops once the monitored loss (validation loss, else training loss) has not improved for
     ``patience`` epochs, and puts the best epoch's weights back."""
 
@@ -610,48 +747,6 @@ def _check_activations(activation: object, n_hidden: int, layers: Sequence[int])
                 f"{list(layers)}; got {len(names)}"
             )
     return [check_name(a, ACTIVATIONS, f"activation[{i}]") for i, a in enumerate(names)]
-
-
-def _check_fit_arguments(
-    epochs: object,
-    batch_size: object,
-    optimizer: Optimizer | str | None,
-    lr: float | None,
-    shuffle: object,
-    seed: object,
-    patience: object,
-    verbose: object,
-) -> _FitSettings:
-    epochs = check_int(epochs, "epochs", 1)
-    batch_size = check_int(batch_size, "batch_size", 1)
-    opt = make_optimizer(optimizer, lr)
-    for flag, value in (("shuffle", shuffle), ("verbose", verbose)):
-        if not isinstance(value, bool):
-            raise TypeError(f"{flag} must be a bool; got {value!r}")
-    return _FitSettings(
-        epochs=epochs,
-        batch_size=batch_size,
-        optimizer=opt,
-        shuffle=bool(shuffle),
-        seed=None if seed is None else check_int(seed, "seed", 0),
-        patience=None if patience is None else check_int(patience, "patience", 1),
-        verbose=bool(verbose),
-    )
-
-
-def _check_validation_arguments(
-    validation_split: object, validation_data: tuple[object, object] | None
-) -> None:
-    if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)):
-        raise TypeError(f"validation_split must be a number in [0, 1); got {validation_split!r}")
-    if not 0.0 <= validation_split < 1.0:
-        raise ValueError(f"validation_split must be in [0, 1); got {validation_split}")
-    if validation_split and validation_data is not None:
-        raise ValueError("give validation_split or validation_data, not both")
-    if validation_data is not None and (
-        not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2
-    ):
-        raise ValueError("validation_data must be an (X, y) pair")
 
 
 def _progress(epochs: int, verbose: bool) -> Any:
