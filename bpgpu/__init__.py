@@ -9,8 +9,9 @@ from bpgpu import datasets, ops
 from bpgpu.archive import ModelFileError
 from bpgpu.backends import BackendUnavailableError, available_backends, get_backend
 from bpgpu.history import History
-from bpgpu.model import MLP, TrainingDivergedError, load
+from bpgpu.model import MLP, load
 from bpgpu.optimizers import SGD, Adam, Optimizer, RMSprop
+from bpgpu.training import TrainingDivergedError, TrainingInterrupted
 from bpgpu.validation import MemoryBudgetError
 
 __version__ = "0.1.0"
@@ -26,6 +27,7 @@ __all__ = [
     "Optimizer",
     "RMSprop",
     "TrainingDivergedError",
+    "TrainingInterrupted",
     "available_backends",
     "datasets",
     "get_backend",

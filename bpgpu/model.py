@@ -3,8 +3,8 @@
 The model holds its weights on the backend's device and drives the backend's composed steps
 (``train_step``, ``evaluate_step``, ``predict_step`` of bpgpu/backends/base.py); it never
 computes on the arrays itself. Every argument is checked before anything changes, so a call
-that raises leaves the model as it was; ``fit`` stopped by divergence keeps what its exception
-says (bpgpu/training.py).
+that raises leaves the model as it was; ``fit`` stopped by Ctrl-C or by divergence keeps what
+its exception says (bpgpu/training.py).
 """
 
 from __future__ import annotations
@@ -40,12 +40,17 @@ from bpgpu.optimizers import SGD, Optimizer
 from bpgpu.training import (
     FitData,
     FitSettings,
+    InterruptGuard,
     ModelState,
     Run,
     TrainingDivergedError,
+    TrainingInterrupted,
     check_fit_arguments,
+    check_resume,
     check_validation_arguments,
+    data_digest,
     divergence_message,
+    finite_or_none,
 )
 from bpgpu.validation import (
     MemoryBudgetError,
@@ -59,7 +64,7 @@ from bpgpu.validation import (
     physical_memory,
 )
 
-__all__ = ["MLP", "TrainingDivergedError", "initial_weights", "load"]
+__all__ = ["MLP", "TrainingDivergedError", "TrainingInterrupted", "initial_weights", "load"]
 
 #: rows per batch when evaluating or predicting
 EVAL_BATCH = 4096
@@ -403,6 +408,9 @@ class MLP:
         patience: int | None = None,
         verbose: bool = False,
         *,
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int = 1,
+        resume: str | os.PathLike | None = None,
         reset: bool = False,
     ) -> History:
         """Train by minibatch backpropagation; returns the per-epoch History (also kept as
@@ -420,29 +428,50 @@ class MLP:
         validation data) has not improved for that many epochs, and the model keeps the weights
         of its best epoch.
 
-        A loss that turns NaN or infinite raises TrainingDivergedError: the model keeps the
-        weights of the last epoch whose loss was finite and whose forward pass stays finite, and
-        the exception the History so far. Any other error leaves the model as it was.
+        ``checkpoint`` names a file written atomically every ``checkpoint_every`` epochs, after
+        the last one and on Ctrl-C: the weights, the optimizer state, where the loop stands, the
+        shuffling generator and the History. ``resume`` names such a file: training continues
+        exactly where it stopped, as if it had never been interrupted, on the same data with the
+        same settings (``epochs`` counts from the run's start; raise it to train longer).
+
+        Ctrl-C stops after the step in progress with TrainingInterrupted (a KeyboardInterrupt):
+        the model keeps that step's weights and optimizer state, and the History so far. A loss
+        that turns NaN or infinite raises TrainingDivergedError: the model keeps the weights of
+        the last epoch whose loss was finite and whose forward pass stays finite. Any other
+        error leaves the model as it was.
         """
         # Everything is checked before anything changes.
         settings = check_fit_arguments(
-            epochs, batch_size, optimizer, lr, shuffle, seed, patience, verbose, reset
-        )
+            epochs, batch_size, optimizer, lr, shuffle, seed, patience, verbose,
+            checkpoint, checkpoint_every, resume, reset,
+        )  # fmt: skip
         check_validation_arguments(validation_split, validation_data)
         data = self._fit_data(X, y, validation_split, validation_data)
-        opt = self._fit_optimizer(settings)
-        continuing = not settings.reset and opt is self._optimizer and bool(self._states)
+        record = None
+        if settings.checkpoint is not None or settings.resume is not None:
+            record = self._run_record(settings, data)
+        saved = None if settings.resume is None else self._read_resume(settings, record)
+        opt = self._fit_optimizer(settings, saved)
+        continuing = (
+            saved is None and not settings.reset and opt is self._optimizer and bool(self._states)
+        )
         self._check_fit_memory(settings, data, opt, continuing)
         before = self._state_before_fit(continuing)
         run: Run | None = None
         try:
-            # a loss overflowing on its way to divergence raises TrainingDivergedError, not
-            # warnings
-            with np.errstate(over="ignore", invalid="ignore"):
-                run = self._start_run(settings, data, opt, continuing, before)
+            with InterruptGuard() as guard, np.errstate(over="ignore", invalid="ignore"):
+                # (a loss overflowing on its way to divergence raises TrainingDivergedError,
+                # not warnings)
+                run = self._start_run(settings, data, opt, continuing, saved, record, before)
+                run.guard = guard
                 self._train(run)
-        except TrainingDivergedError:
+        except (TrainingDivergedError, TrainingInterrupted):
             raise  # the model holds what the exception says
+        except KeyboardInterrupt:
+            if run is None:
+                self._restore_state(before)
+                raise
+            self._stop_at_once(run)
         except BaseException:
             self._restore_state(before)  # a failed fit leaves the model as it was
             raise
@@ -487,10 +516,44 @@ class MLP:
             )
         return X[:-n_val], Y[:-n_val], (X[-n_val:], Y[-n_val:])
 
-    def _fit_optimizer(self, settings: FitSettings) -> Optimizer:
-        """The optimizer of this fit: the one given, else the model's own, else SGD."""
-        if settings.optimizer is not None:
-            return settings.optimizer
+    def _run_record(self, settings: FitSettings, data: FitData) -> serialization.RunRecord:
+        """What a checkpoint records of this run's settings and data, to check a resume by."""
+        arrays = [data.X, data.Y, *(data.val or ())]
+        return serialization.RunRecord(
+            batch_size=settings.batch_size,
+            shuffle=settings.shuffle,
+            patience=settings.patience,
+            samples=len(data.X),
+            validation_samples=0 if data.val is None else len(data.val[0]),
+            data_sha256=data_digest(*arrays),
+        )
+
+    def _read_resume(
+        self, settings: FitSettings, record: serialization.RunRecord | None
+    ) -> serialization.SavedCheckpoint:
+        """The checkpoint to resume from, once it is known to be of this model, this data and
+        these settings; ValueError naming what differs otherwise."""
+        assert settings.resume is not None and record is not None
+        name = settings.resume
+        saved = serialization.read_checkpoint(name, max_bytes=physical_memory())
+        check_resume(name, saved, self._saved_model(with_weights=False), record, settings.epochs)
+        return saved
+
+    def _fit_optimizer(
+        self, settings: FitSettings, saved: serialization.SavedCheckpoint | None
+    ) -> Optimizer:
+        """The optimizer of this fit: the one given, else the checkpoint's, else the model's
+        own, else SGD. Resuming with an optimizer other than the checkpoint's is a ValueError."""
+        given = settings.optimizer
+        if saved is not None:
+            if given is not None and given != saved.optimizer:
+                raise ValueError(
+                    f"optimizer {given!r} differs from the checkpoint's {saved.optimizer!r}; "
+                    "resume with the same one, or none"
+                )
+            return saved.optimizer if given is None else given
+        if given is not None:
+            return given
         return self._optimizer if self._optimizer is not None else SGD()
 
     def _check_fit_memory(
@@ -536,10 +599,12 @@ class MLP:
         data: FitData,
         opt: Optimizer,
         continuing: bool,
+        saved: serialization.SavedCheckpoint | None,
+        record: serialization.RunRecord | None,
         before: ModelState,
     ) -> Run:
-        """The data on the device, the optimizer state (continued or fresh) and the loop's
-        position; from here on the model holds this run's optimizer and History."""
+        """The data on the device, the optimizer state (continued, fresh or the checkpoint's)
+        and the loop's position; from here on the model holds this run's optimizer and History."""
         xp = self.backend
         states = self._states if continuing and self._states else []
         if not states:
@@ -559,6 +624,7 @@ class MLP:
             n=n,
             held_out=held_out,
             host_X=data.X,
+            record=record,
             states=states,
             rng=np.random.default_rng(self.seed if settings.seed is None else settings.seed),
             order=np.arange(n, dtype=np.int64),
@@ -567,10 +633,27 @@ class MLP:
             stopping=EarlyStopping(self, settings.patience) if settings.patience else None,
             before=before.weights,
         )
+        if saved is not None:
+            self._resume(run, saved)
         self._optimizer, self._states, self.history = opt, states, run.history
         run.kept = [(run.epochs_done, self._snapshot())]
-        run.bar = _progress(settings.epochs, settings.verbose)
+        run.bar = _progress(settings.epochs, settings.verbose, run.epochs_done)
         return run
+
+    def _resume(self, run: Run, saved: serialization.SavedCheckpoint) -> None:
+        """``run`` and the model <- where the checkpoint's run stood."""
+        xp = self.backend
+        self.set_weights(saved.model.weights)
+        for state, host in zip(run.states, saved.optimizer_states, strict=True):
+            xp.import_optimizer_state(state, host)
+        run.epochs_done, run.batches_done = saved.epochs_done, saved.batches_done
+        run.order = saved.order.copy()
+        run.rng.bit_generator.state = saved.rng_state
+        xp.copy_into(run.stats, xp.asarray(np.array(saved.stats), np.dtype(np.float64)))
+        run.history, run.history.backend = saved.history, xp.name
+        run.wall_before = saved.history.wall_time
+        if run.stopping is not None and saved.best_weights is not None:
+            run.stopping.resume(saved.best_loss, saved.best_epoch, saved.best_weights)
 
     # ---- the epoch loop -------------------------------------------------------------------------
 
@@ -600,10 +683,12 @@ class MLP:
             ws = self._workspace(stop - start)
             xp.train_step(self._net, ws, run.X, run.Y, index[start:stop], run.states, run.stats)
             run.batches_done += 1
+            if run.guard.requested:
+                self._interrupted(run)
 
     def _end_epoch(self, run: Run, epoch: int) -> bool:
-        """Record a finished epoch (or raise on divergence) and keep its weights; returns
-        whether early stopping ends training."""
+        """Record a finished epoch (or raise on divergence), keep its weights, write the
+        checkpoint when one is due; returns whether early stopping ends training."""
         figures = self._epoch_figures(run, epoch)
         run.history.record(epoch, figures)
         run.epochs_done, run.batches_done = epoch, 0
@@ -611,9 +696,16 @@ class MLP:
         stop = run.stopping is not None and run.stopping.stop(epoch, figures)
         if stop:
             run.history.stopped_epoch = epoch
+        settings = run.settings
+        if settings.checkpoint is not None and (
+            stop or epoch == settings.epochs or epoch % settings.checkpoint_every == 0
+        ):
+            self._write_checkpoint(run)
         if run.bar is not None:
             run.bar.set_postfix({k: f"{v:.4f}" for k, v in figures.items()})
             run.bar.update(1)
+        if run.guard.requested:
+            self._interrupted(run)
         return stop
 
     def _epoch_figures(self, run: Run, epoch: int) -> dict[str, float]:
@@ -663,26 +755,79 @@ class MLP:
             kept_epoch=kept_epoch,
         )
 
+    # ---- stopping early and checkpoints -------------------------------------------------------
+
+    def _interrupted(self, run: Run) -> NoReturn:
+        """Ctrl-C between steps: the checkpoint written (when asked for), then
+        TrainingInterrupted; the model keeps the last step's weights and optimizer state."""
+        if run.settings.checkpoint is not None:
+            self._write_checkpoint(run)
+        self.backend.synchronize()
+        run.history.wall_time = run.elapsed()
+        raise TrainingInterrupted.between_steps(run)
+
+    def _stop_at_once(self, run: Run) -> NoReturn:
+        """A KeyboardInterrupt inside a step (a second Ctrl-C): the weights of the last
+        completed epoch back, the half-updated optimizer state dropped."""
+        epoch, weights = run.kept[0]
+        self._restore(weights)
+        self._states = None
+        run.history.wall_time = run.elapsed()
+        raise TrainingInterrupted(
+            f"training stopped at once inside a step of epoch {run.epochs_done + 1}: the model "
+            f"keeps the weights of epoch {epoch} and starts its optimizer state afresh",
+            history=run.history,
+            epoch=run.epochs_done + 1,
+            step=run.batches_done,
+        ) from None
+
+    def _write_checkpoint(self, run: Run) -> None:
+        """The run as it stands (at a step or an epoch's end) to its checkpoint file."""
+        xp, path, record = self.backend, run.settings.checkpoint, run.record
+        if path is None or record is None:
+            return
+        total, correct = xp.to_host(run.stats)
+        run.history.wall_time = run.elapsed()
+        best = run.stopping
+        ckpt = serialization.SavedCheckpoint(
+            model=self._saved_model(),
+            optimizer=run.optimizer,
+            optimizer_states=[xp.export_optimizer_state(s) for s in run.states],
+            epochs_done=run.epochs_done,
+            batches_done=run.batches_done,
+            stats=(float(total), float(correct)),
+            order=run.order,
+            rng_state=dict(run.rng.bit_generator.state),
+            run=record,
+            history=run.history,
+            best_loss=None if best is None else finite_or_none(best.best_loss),
+            best_epoch=0 if best is None else best.best_epoch,
+            best_weights=None if best is None else best.host_weights(),
+        )
+        serialization.save_checkpoint(path, ckpt)
+
     # ---- files ----------------------------------------------------------------------------------
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the architecture and weights to an ``.npz`` file (no pickle), atomically: a
-        crash while saving leaves the old file whole."""
-        saved = serialization.SavedModel(
+    def _saved_model(self, with_weights: bool = True) -> serialization.SavedModel:
+        return serialization.SavedModel(
             layers=list(self.layers),
             activations=list(self.activations),
             output=self.output,
             loss=self.loss_name,
             dtype=self.dtype.name,
-            weights=self.get_weights(),
+            weights=self.get_weights() if with_weights else [],
         )
-        serialization.save(path, saved)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the architecture and weights to an ``.npz`` file (no pickle), atomically: a
+        crash while saving leaves the old file whole."""
+        serialization.save(path, self._saved_model())
 
 
 def load(
     path: str | os.PathLike, backend: str | Backend | None = "auto", max_bytes: int | None = None
 ) -> MLP:
-    """A model written by ``MLP.save``, on ``backend``.
+    """A model written by ``MLP.save`` (or the model in a checkpoint), on ``backend``.
 
     The file is checked before anything is allocated; a file that is not a sound bpgpu model
     raises ModelFileError (a ValueError) naming the file and the field. ``max_bytes`` caps
@@ -733,6 +878,25 @@ class EarlyStopping:
         self.model._restore(self.best_weights)
         history.best_epoch = self.best_epoch
 
+    def host_weights(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The best epoch's weights as NumPy (W, b) pairs."""
+        xp, L = self.model.backend, len(self.best_weights) // 2
+        return [
+            (xp.to_host(self.best_weights[l]), xp.to_host(self.best_weights[L + l]))
+            for l in range(L)
+        ]
+
+    def resume(
+        self, best_loss: float | None, best_epoch: int, weights: list[tuple[np.ndarray, np.ndarray]]
+    ) -> None:
+        """The best epoch so far, from a checkpoint."""
+        xp, dtype = self.model.backend, self.model.dtype
+        self.best_loss = math.inf if best_loss is None else best_loss
+        self.best_epoch = best_epoch
+        host = [W for W, _ in weights] + [b for _, b in weights]
+        for dst, src in zip(self.best_weights, host, strict=True):
+            xp.copy_into(dst, xp.asarray(src, dtype))
+
 
 def _check_activations(activation: object, n_hidden: int, layers: Sequence[int]) -> list[str]:
     """One activation name per hidden layer, from one name or a list of them."""
@@ -749,8 +913,9 @@ def _check_activations(activation: object, n_hidden: int, layers: Sequence[int])
     return [check_name(a, ACTIVATIONS, f"activation[{i}]") for i, a in enumerate(names)]
 
 
-def _progress(epochs: int, verbose: bool) -> Any:
-    """A tqdm bar over epochs when verbose and tqdm is installed; None otherwise."""
+def _progress(epochs: int, verbose: bool, done: int = 0) -> Any:
+    """A tqdm bar over epochs (``done`` of them already) when verbose and tqdm is installed;
+    None otherwise."""
     if not verbose:
         return None
     try:
@@ -760,4 +925,4 @@ def _progress(epochs: int, verbose: bool) -> Any:
             "bpgpu: install tqdm (pip install bpgpu[progress]) for a progress bar", file=sys.stderr
         )
         return None
-    return tqdm(total=epochs, unit="epoch", desc="fit", file=sys.stderr)
+    return tqdm(total=epochs, initial=done, unit="epoch", desc="fit", file=sys.stderr)
