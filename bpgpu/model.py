@@ -151,7 +151,8 @@ class MLP:
         check_combination(self.output, self.loss_name)
         if output == "softmax" and self.layers[-1] < 2:
             raise ValueError(
-                "a softmax output needs at least 2 units; use output='sigmoid' for one"
+                f"output='softmax' needs at least 2 units in layers[-1]; got {self.layers[-1]} "
+                "(use output='sigmoid' for one)"
             )
         self.dtype = check_dtype(dtype)
         if seed is not None:
