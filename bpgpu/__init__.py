@@ -6,11 +6,14 @@
 from __future__ import annotations
 
 from bpgpu import datasets, ops
+from bpgpu.archive import ModelFileError
 from bpgpu.backends import BackendUnavailableError, available_backends, get_backend
 from bpgpu.history import History
-from bpgpu.model import MLP, TrainingDivergedError, load
+from bpgpu.model import MLP, load
 from bpgpu.optimizers import SGD, Adam, Optimizer, RMSprop
 from bpgpu.schedules import CosineDecay, ExponentialDecay, Schedule, StepDecay, Warmup
+from bpgpu.training import TrainingDivergedError, TrainingInterrupted
+from bpgpu.validation import MemoryBudgetError
 
 __version__ = "0.1.0"
 
@@ -22,11 +25,14 @@ __all__ = [
     "CosineDecay",
     "ExponentialDecay",
     "History",
+    "MemoryBudgetError",
+    "ModelFileError",
     "Optimizer",
     "RMSprop",
     "Schedule",
     "StepDecay",
     "TrainingDivergedError",
+    "TrainingInterrupted",
     "Warmup",
     "available_backends",
     "datasets",

@@ -2,12 +2,15 @@
 sample, ``info`` on backends, ``bench``.
 
 User errors (bad arguments, missing data or extras, a backend that cannot run) print
-``bpgpu: error: ...`` to stderr and return 2, without a traceback.
+``bpgpu: error: ...`` to stderr and return 2, without a traceback. Ctrl-C during training
+stops after the step in progress, says where, still writes ``--save`` and ``--plot`` (and the
+checkpoint) of the model as it stands, and returns 130, as shells do for an interrupt.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 import time
@@ -18,13 +21,18 @@ from typing import Any
 import numpy as np
 
 import bpgpu
-from bpgpu import datasets
+from bpgpu import datasets, serialization
 from bpgpu.backends import REGISTRY, BackendUnavailableError, get_backend
+from bpgpu.files import write_bytes
 from bpgpu.functions import ACTIVATIONS, OUTPUTS
+from bpgpu.history import History
 from bpgpu.initializers import DEFAULT as INITIALIZERS_DEFAULT
 from bpgpu.initializers import INITIALIZERS
 from bpgpu.model import MLP, load
 from bpgpu.optimizers import OPTIMIZERS, make_optimizer
+
+#: the exit status after Ctrl-C (128 + SIGINT), as shells report it
+INTERRUPTED = 130
 
 
 class UsageError(Exception):
@@ -147,6 +155,24 @@ def _parser() -> argparse.ArgumentParser:
     option("--plot", metavar="PNG", help="save the loss curve (needs matplotlib)")
     option("--save", metavar="NPZ", help="save the trained model")
     option(
+        "--checkpoint",
+        metavar="NPZ",
+        help="write the training state here (every --checkpoint-every epochs, at the end and "
+        "on Ctrl-C) to continue it later with --resume",
+    )
+    option(
+        "--checkpoint-every",
+        type=_count(1),
+        default=1,
+        metavar="N",
+        help="epochs between checkpoints (default: %(default)s)",
+    )
+    option(
+        "--resume",
+        metavar="NPZ",
+        help="continue the run a --checkpoint file holds; give the arguments it started with",
+    )
+    option(
         "--verbose",
         type=int,
         choices=(0, 1, 2),
@@ -196,6 +222,7 @@ def _pyplot():
 
 
 def _plot(plt, history: dict[str, list[float]], path: str, title: str) -> None:
+    """The loss curve as a PNG at ``path``, written atomically."""
     fig, ax = plt.subplots(figsize=(6, 4))
     epochs = np.arange(1, len(history["loss"]) + 1)
     ax.plot(epochs, history["loss"], label="training loss")
@@ -206,8 +233,10 @@ def _plot(plt, history: dict[str, list[float]], path: str, title: str) -> None:
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
+    write_bytes(path, png.getvalue())
 
 
 def _check_writable(option: str, path: str | None) -> None:
@@ -251,33 +280,61 @@ def train(args: argparse.Namespace) -> int:
         f"{data.name}: {len(data.y_train)} training, {len(data.y_test)} test samples; "
         f"layers {'-'.join(map(str, layers))} on backend {net.backend.name} ({args.dtype})"
     )
+    if args.resume:
+        saved = serialization.read_checkpoint(args.resume)
+        steps = f" and {saved.batches_done} steps" if saved.batches_done else ""
+        print(f"resuming the run in {args.resume}: {saved.epochs_done} epochs{steps} done")
     start = time.perf_counter()
-    history = net.fit(
-        data.X_train,
-        data.y_train,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        optimizer=optimizer,
-        validation_split=args.validation_split,
-        validation_mode=args.validation_mode,
-        verbose=0 if args.quiet else args.verbose,
-    )
+    interrupted = False
+    try:
+        net.fit(
+            data.X_train,
+            data.y_train,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            optimizer=optimizer,
+            validation_split=args.validation_split,
+            validation_mode=args.validation_mode,
+            verbose=0 if args.quiet else args.verbose,
+            checkpoint=args.checkpoint,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
+        )
+    except KeyboardInterrupt as exc:  # bpgpu.TrainingInterrupted says where it stopped
+        interrupted = True
+        print(f"bpgpu: {exc or 'interrupted before training began'}", file=sys.stderr)
     seconds = time.perf_counter() - start
+    history = net.history or History(backend=net.backend.name)
+    _report(net, data, history, seconds)
+    _write_outputs(args, plt, net, history, f"{data.name} {'-'.join(map(str, layers))}")
+    return INTERRUPTED if interrupted else 0
+
+
+def _report(net: MLP, data: datasets.Dataset, history: History, seconds: float) -> None:
     logs = history.history
-    line = f"final training loss {logs['loss'][-1]:.4f}"
-    if logs.get("val_loss"):
-        line += f", validation loss {logs['val_loss'][-1]:.4f}"
-    print(line)
+    if logs.get("loss"):
+        line = f"final training loss {logs['loss'][-1]:.4f}"
+        if logs.get("val_loss"):
+            line += f", validation loss {logs['val_loss'][-1]:.4f}"
+        print(line)
     print(f"test accuracy: {net.score(data.X_test, data.y_test):.4f}")
-    print(f"wall time: {seconds:.2f} s for {len(logs['loss'])} epochs")
+    print(f"wall time: {seconds:.2f} s for {len(history.epochs)} epochs")
     print(f"backend: {net.backend.name}")
+
+
+def _write_outputs(
+    args: argparse.Namespace, plt: object, net: MLP, history: History, title: str
+) -> None:
+    """--plot and --save, of the model as it stands (trained, or interrupted)."""
     if plt is not None:
-        _plot(plt, logs, args.plot, f"{data.name} {'-'.join(map(str, layers))}")
-        print(f"loss curve saved to {args.plot}")
+        if history.history.get("loss"):
+            _plot(plt, history.history, args.plot, title)
+            print(f"loss curve saved to {args.plot}")
+        else:
+            print(f"no epoch completed: no loss curve for {args.plot}", file=sys.stderr)
     if args.save:
         net.save(args.save)
         print(f"model saved to {args.save}")
-    return 0
 
 
 def explain(args: argparse.Namespace) -> int:
@@ -343,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "explain":
             return explain(args)
         return train(args)
+    except KeyboardInterrupt:  # outside training: nothing to keep
+        print("bpgpu: interrupted", file=sys.stderr)
+        return INTERRUPTED
     except (
         UsageError,
         ValueError,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -54,14 +54,20 @@ INITIALIZERS: dict[str, Scheme] = {
 DEFAULT = "torch"
 
 
-def initial_weights(
+def draw_weights(
     layers: Sequence[int], activations: Sequence[str], seed: int | None, init: str = DEFAULT
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Float64 (W, b) of every layer from ``seed`` by scheme ``init``; the output layer's
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Float64 (W, b) of each layer in turn from ``seed`` by scheme ``init`` (a caller that
+    copies each to its device holds one float64 layer at a time); the output layer's
     activation counts as "output"."""
     rng = np.random.default_rng(seed)
     scheme = INITIALIZERS[init]
-    return [
-        scheme(rng, fan_in, fan_out, activations[l] if l < len(activations) else "output")
-        for l, (fan_in, fan_out) in enumerate(itertools.pairwise(layers))
-    ]
+    for l, (fan_in, fan_out) in enumerate(itertools.pairwise(layers)):
+        yield scheme(rng, fan_in, fan_out, activations[l] if l < len(activations) else "output")
+
+
+def initial_weights(
+    layers: Sequence[int], activations: Sequence[str], seed: int | None, init: str = DEFAULT
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Float64 (W, b) of every layer (``draw_weights``), the same for every backend."""
+    return list(draw_weights(layers, activations, seed, init))

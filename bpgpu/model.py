@@ -3,25 +3,32 @@
 The model holds its weights on the backend's device and drives the backend's composed steps
 (``train_step``, ``evaluate_step``, ``predict_step`` of bpgpu/backends/base.py); it never
 computes on the arrays itself. Every argument is checked before anything changes, so a call
-that raises leaves the model as it was.
+that raises leaves the model as it was; ``fit`` stopped by Ctrl-C or by divergence keeps what
+its exception says (bpgpu/training.py).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import sys
-import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import numpy as np
 
 from bpgpu import explain, initializers, serialization
+from bpgpu.archive import ModelFileError
 from bpgpu.backends import get_backend
-from bpgpu.backends.base import Array, Backend, Network, OptimizerState, Workspace
+from bpgpu.backends.base import (
+    Array,
+    Backend,
+    Network,
+    OptimizerState,
+    Workspace,
+)
 from bpgpu.functions import (
     ACTIVATIONS,
     OUTPUTS,
@@ -30,9 +37,36 @@ from bpgpu.functions import (
     check_name,
 )
 from bpgpu.history import History
-from bpgpu.optimizers import Optimizer, make_optimizer
-from bpgpu.progress import Progress, check_verbose
-from bpgpu.validation import as_matrix, as_targets, check_dtype, check_int, check_layers
+from bpgpu.optimizers import SGD, Optimizer
+from bpgpu.progress import Progress
+from bpgpu.training import (
+    FitData,
+    FitSettings,
+    InterruptGuard,
+    ModelState,
+    Run,
+    TrainingDivergedError,
+    TrainingInterrupted,
+    check_fit_arguments,
+    check_resume,
+    check_validation_arguments,
+    data_digest,
+    divergence_message,
+    finite_or_none,
+)
+from bpgpu.validation import (
+    MemoryBudgetError,
+    as_matrix,
+    as_targets,
+    check_dtype,
+    check_int,
+    check_layers,
+    check_memory,
+    input_scale,
+    physical_memory,
+)
+
+__all__ = ["MLP", "TrainingDivergedError", "TrainingInterrupted", "load"]
 
 #: rows per batch when evaluating or predicting
 EVAL_BATCH = 4096
@@ -40,21 +74,25 @@ EVAL_BATCH = 4096
 _WORKSPACES_KEPT = 4
 
 
-class TrainingDivergedError(FloatingPointError):
-    """The loss became NaN or infinite; the model kept its last finite weights."""
-
-
-@dataclass(frozen=True)
-class _FitSettings:
-    """fit's own arguments, checked."""
-
-    epochs: int
-    batch_size: int
-    optimizer: Optimizer
-    shuffle: bool
-    seed: int | None
-    patience: int | None
-    verbose: int
+def _check_model_memory(layers: Sequence[int], dtype: np.dtype, backend: Backend) -> None:
+    """Before any weight is drawn: each W within the backend's array size limit, and all of
+    them (with the largest drawn in float64 first, on the host) within its memory."""
+    sizes = [fan_in * fan_out for fan_in, fan_out in itertools.pairwise(layers)]
+    limit = backend.max_elements
+    for l, size in enumerate(sizes, start=1):
+        if limit is not None and size > limit:
+            raise MemoryBudgetError(
+                f"layers {list(layers)}: W_{l} would hold {size} elements; the "
+                f"{backend.name} kernels take at most {limit} per array"
+            )
+    params = sum(sizes) + sum(layers[1:])
+    check_memory(
+        params * dtype.itemsize + 8 * max(sizes),
+        backend.memory_bytes(),
+        f"layers {list(layers)} in {dtype.name} ({params} weights and biases of "
+        f"{dtype.itemsize} bytes, the largest layer drawn in float64 first)",
+        f"the {backend.name} backend's memory",
+    )
 
 
 class MLP:
@@ -95,7 +133,8 @@ class MLP:
         check_combination(self.output, self.loss_name)
         if output == "softmax" and self.layers[-1] < 2:
             raise ValueError(
-                "a softmax output needs at least 2 units; use output='sigmoid' for one"
+                f"output='softmax' needs at least 2 units in layers[-1]; got {self.layers[-1]} "
+                "(use output='sigmoid' for one)"
             )
         self.dtype = check_dtype(dtype)
         if seed is not None:
@@ -104,15 +143,19 @@ class MLP:
         self.init = check_name(init, initializers.INITIALIZERS, "init")
         self.backend = get_backend(backend)
         xp = self.backend
-        init_weights = initializers.initial_weights(self.layers, self.activations, seed, init)
+        _check_model_memory(self.layers, self.dtype, xp)
+        Ws, bs = [], []
+        for W, b in initializers.draw_weights(self.layers, self.activations, seed, init):
+            Ws.append(xp.asarray(W, self.dtype))  # each float64 layer freed once copied
+            bs.append(xp.asarray(b, self.dtype))
         self._net = Network(
-            W=[xp.asarray(W, self.dtype) for W, _ in init_weights],
-            b=[xp.asarray(b, self.dtype) for _, b in init_weights],
-            activations=self.activations,
-            output=self.output,
-            loss=self.loss_name,
+            W=Ws, b=bs, activations=self.activations, output=self.output, loss=self.loss_name
         )
         self._workspaces: dict[int, Workspace] = {}
+        #: the History of the last fit (of the epochs completed, after an interruption)
+        self.history: History | None = None
+        self._optimizer: Optimizer | None = None
+        self._states: list[OptimizerState] | None = None
 
     # ---- description ------------------------------------------------------------------------
 
@@ -204,11 +247,25 @@ class MLP:
     def _targets(self, y: object, n: int, name: str = "y") -> np.ndarray:
         return as_targets(y, name, n, self.layers[-1], self.output, self.dtype)
 
-    def _device_data(self, X: object, y: object) -> tuple[Array, Array, int]:
+    def _host_data(self, X: object, y: object) -> tuple[np.ndarray, np.ndarray]:
         Xh = self._inputs(X)
-        Yh = self._targets(y, Xh.shape[0])
+        return Xh, self._targets(y, Xh.shape[0])
+
+    def _on_device(self, Xh: np.ndarray, Yh: np.ndarray) -> tuple[Array, Array, int]:
         xp = self.backend
         return xp.asarray(Xh, self.dtype), xp.asarray(Yh, self.dtype), Xh.shape[0]
+
+    def _overflow_error(self, what: str, X: np.ndarray, Y: np.ndarray | None = None) -> ValueError:
+        """The error for results that are not finite although X (and y) are: the forward pass
+        (or the loss) overflowed the model's dtype."""
+        scales = f"X reaches {input_scale(X):.3g}"
+        if Y is not None:
+            scales += f", y {input_scale(Y):.3g}"
+        largest = max(input_scale(a) for pair in self.get_weights() for a in pair)
+        return ValueError(
+            f"{what} overflows {self.dtype.name} ({scales}, the weights {largest:.3g} in "
+            "magnitude): scale the inputs to about 1, for example standardize each feature"
+        )
 
     # ---- evaluation -----------------------------------------------------------------------------
 
@@ -232,7 +289,8 @@ class MLP:
         return float(total) / n, float(correct) / n
 
     def predict_proba(self, X: object) -> np.ndarray:
-        """The output layer's activations, shape (n, layers[-1]), as a NumPy array."""
+        """The output layer's activations, shape (n, layers[-1]), as a NumPy array; ValueError
+        naming X if they overflow the model's dtype."""
         Xh = self._inputs(X)
         xp = self.backend
         Xd = xp.asarray(Xh, self.dtype)
@@ -241,7 +299,10 @@ class MLP:
         def run(ws: Workspace, index: Array, rows: slice) -> None:
             result[rows] = xp.to_host(xp.predict_step(self._net, ws, Xd, index))
 
-        self._in_batches(Xh.shape[0], run)
+        with np.errstate(over="ignore", invalid="ignore"):  # reported below, as an error
+            self._in_batches(Xh.shape[0], run)
+        if not np.all(np.isfinite(result)):
+            raise self._overflow_error("the forward pass of X", Xh)
         return result
 
     def predict(self, X: object) -> np.ndarray:
@@ -258,13 +319,21 @@ class MLP:
 
     def loss(self, X: object, y: object) -> float:
         """Mean loss over (X, y); no update."""
-        return self._evaluate(*self._device_data(X, y))[0]
+        return self._checked_evaluate(*self._host_data(X, y))[0]
+
+    def _checked_evaluate(self, Xh: np.ndarray, Yh: np.ndarray) -> tuple[float, float]:
+        """``_evaluate`` of host data; ValueError naming X and y if the loss overflows."""
+        with np.errstate(over="ignore", invalid="ignore"):  # reported below, as an error
+            loss, correct = self._evaluate(*self._on_device(Xh, Yh))
+        if not math.isfinite(loss):
+            raise self._overflow_error("the loss of X against y", Xh, Yh)
+        return loss, correct
 
     def score(self, X: object, y: object) -> float:
         """Accuracy for a classifier (every output right for multi-output sigmoid), R^2 for
         regression (averaged over outputs)."""
         if self.is_classifier:
-            return self._evaluate(*self._device_data(X, y))[1]
+            return self._checked_evaluate(*self._host_data(X, y))[1]
         Xh = self._inputs(X)
         Y = self._targets(y, Xh.shape[0]).astype(np.float64)
         P = self.predict_proba(Xh).astype(np.float64)
@@ -276,7 +345,8 @@ class MLP:
 
     def gradients(self, X: object, y: object) -> list[tuple[np.ndarray, np.ndarray]]:
         """[(dW_1, db_1), ...] of the mean loss over (X, y) as NumPy arrays; no update."""
-        Xd, Yd, n = self._device_data(X, y)
+        Xh, Yh = self._host_data(X, y)
+        Xd, Yd, n = self._on_device(Xh, Yh)
         xp = self.backend
         grads = [
             (xp.empty(W.shape, self.dtype), xp.empty(b.shape, self.dtype))
@@ -292,10 +362,20 @@ class MLP:
                 tW += weight * xp.to_host(gW)
                 tb += weight * xp.to_host(gb)
 
-        self._in_batches(n, run)
-        return [(W.astype(self.dtype), b.astype(self.dtype)) for W, b in total]
+        with np.errstate(over="ignore", invalid="ignore"):  # reported below, as an error
+            self._in_batches(n, run)
+        result = [(W.astype(self.dtype), b.astype(self.dtype)) for W, b in total]
+        if not all(np.all(np.isfinite(g)) for pair in result for g in pair):
+            raise self._overflow_error("the gradients of X against y", Xh, Yh)
+        return result
 
     # ---- training -------------------------------------------------------------------------------
+
+    @property
+    def optimizer(self) -> Optimizer | None:
+        """The optimizer whose state the model holds: what ``fit`` without an optimizer, or
+        with this same object, continues. None before the first ``fit``."""
+        return self._optimizer
 
     def fit(
         self,
@@ -312,44 +392,98 @@ class MLP:
         patience: int | None = None,
         verbose: int | bool = 0,
         validation_mode: str = "last",
+        *,
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int = 1,
+        resume: str | os.PathLike | None = None,
+        reset: bool = False,
     ) -> History:
-        """Train by minibatch backpropagation; returns the per-epoch History.
+        """Train by minibatch backpropagation; returns the per-epoch History (also kept as
+        ``self.history``).
 
-        ``optimizer`` is an Optimizer or a name ('sgd' default, 'rmsprop', 'adam'; ``lr`` sets
-        a named one's rate). ``batch_size=1`` is per-sample SGD. ``validation_split`` holds out
-        that fraction of (X, y) before training: the last rows (``validation_mode="last"``, as
-        Keras does; a warning says when that leaves a class on one side only), rows drawn at
-        random ("shuffle") or each class in proportion ("stratified", classifiers); or
+        ``optimizer`` is an Optimizer or a name ('sgd', 'rmsprop', 'adam'; ``lr`` sets a named
+        one's rate). The model keeps the optimizer's state (momentum, Adam's moments, the update
+        count): a later ``fit`` given the same optimizer object, or none, continues it, so two
+        1-epoch fits equal one 2-epoch fit (with ``shuffle=False``); a new optimizer object or a
+        name, or ``reset=True``, starts it afresh. With no optimizer to continue: plain SGD.
+
+        ``batch_size=1`` is per-sample SGD. ``validation_split`` holds out that fraction of
+        (X, y) before training: the last rows (``validation_mode="last"``, as Keras does; a
+        warning says when that leaves a class on one side only), rows drawn at random
+        ("shuffle") or each class in proportion ("stratified", classifiers); or
         ``validation_data`` is an (X, y) pair instead. With ``patience``, training stops once
         the validation loss (the training loss without validation data) has not improved for
         that many epochs, and the model keeps the weights of its best epoch. ``verbose``: 0
-        nothing, 1 a progress bar over the steps, 2 a line per epoch. If the loss turns NaN or
-        infinite, TrainingDivergedError is raised and the model keeps the weights of the last
-        epoch whose loss was finite.
+        nothing, 1 a progress bar over the steps, 2 a line per epoch.
+
+        ``checkpoint`` names a file written atomically every ``checkpoint_every`` epochs, after
+        the last one and on Ctrl-C: the weights, the optimizer state, where the loop stands, the
+        shuffling generator and the History. ``resume`` names such a file: training continues
+        exactly where it stopped, as if it had never been interrupted, on the same data with the
+        same settings (``epochs`` counts from the run's start; raise it to train longer).
+
+        Ctrl-C stops after the step in progress with TrainingInterrupted (a KeyboardInterrupt):
+        the model keeps that step's weights and optimizer state, and the History so far. A loss
+        that turns NaN or infinite raises TrainingDivergedError: the model keeps the weights of
+        the last epoch whose loss was finite and whose forward pass stays finite. Any other
+        error leaves the model as it was.
         """
         # Everything is checked before anything changes.
-        settings = _check_fit_arguments(
-            epochs, batch_size, optimizer, lr, shuffle, seed, patience, verbose
+        settings = check_fit_arguments(
+            epochs, batch_size, optimizer, lr, shuffle, seed, patience, verbose,
+            checkpoint, checkpoint_every, resume, reset,
+        )  # fmt: skip
+        check_validation_arguments(validation_split, validation_data, validation_mode)
+        data = self._fit_data(
+            X, y, validation_split, validation_data, validation_mode, settings.seed
         )
-        _check_validation_arguments(validation_split, validation_data, validation_mode)
+        record = None
+        if settings.checkpoint is not None or settings.resume is not None:
+            record = self._run_record(settings, data)
+        saved = None if settings.resume is None else self._read_resume(settings, record)
+        opt = self._fit_optimizer(settings, saved)
+        continuing = (
+            saved is None and not settings.reset and opt is self._optimizer and bool(self._states)
+        )
+        self._check_fit_memory(settings, data, opt, continuing)
+        before = self._state_before_fit(continuing)
+        run: Run | None = None
+        try:
+            with InterruptGuard() as guard, np.errstate(over="ignore", invalid="ignore"):
+                # (a loss overflowing on its way to divergence raises TrainingDivergedError,
+                # not warnings)
+                run = self._start_run(settings, data, opt, continuing, saved, record, before)
+                run.guard = guard
+                self._train(run)
+        except (TrainingDivergedError, TrainingInterrupted):
+            raise  # the model holds what the exception says
+        except KeyboardInterrupt:
+            if run is None:
+                self._restore_state(before)
+                raise
+            self._stop_at_once(run)
+        except BaseException:
+            self._restore_state(before)  # a failed fit leaves the model as it was
+            raise
+        finally:
+            if run is not None:
+                run.progress.close()
+        return run.history
+
+    # ---- fit's arguments and what the model holds ---------------------------------------------
+
+    def _fit_data(
+        self,
+        X: object,
+        y: object,
+        validation_split: float,
+        validation_data: tuple[object, object] | None,
+        mode: str,
+        seed: int | None,
+    ) -> FitData:
         Xh = self._inputs(X)
         Yh = self._targets(y, Xh.shape[0])
-        Xh, Yh, val = self._hold_out(
-            Xh, Yh, validation_split, validation_data, validation_mode, settings.seed
-        )
-        xp = self.backend
-        data = (xp.asarray(Xh, self.dtype), xp.asarray(Yh, self.dtype), Xh.shape[0])
-        held_out = None
-        if val is not None:
-            held_out = (xp.asarray(val[0], self.dtype), xp.asarray(val[1], self.dtype), len(val[0]))
-        before = self._snapshot()
-        try:
-            return self._train(settings, data, held_out)
-        except TrainingDivergedError:
-            raise  # the weights of the last finite epoch are already in place
-        except Exception:
-            self._restore(before)  # a failed fit leaves the model as it was
-            raise
+        return FitData(*self._hold_out(Xh, Yh, validation_split, validation_data, mode, seed))
 
     def _hold_out(
         self,
@@ -380,81 +514,302 @@ class MLP:
             _warn_if_classes_differ(classes[~held], classes[held], n_val)
         return X[~held], Y[~held], (X[held], Y[held])
 
-    def _train(
-        self,
-        settings: _FitSettings,
-        data: tuple[Array, Array, int],
-        held_out: tuple[Array, Array, int] | None,
-    ) -> History:
-        """The epoch loop of ``fit`` on checked arguments and device data."""
-        xp = self.backend
-        X, Y, n = data
-        states: list[OptimizerState] = [
-            xp.optimizer_state(settings.optimizer, W, b)
-            for W, b in zip(self._net.W, self._net.b, strict=True)
-        ]
-        rng = np.random.default_rng(self.seed if settings.seed is None else settings.seed)
-        order = np.arange(n, dtype=np.int64)
-        last_finite = self._snapshot()
-        stopping = _EarlyStopping(self, settings.patience) if settings.patience else None
-        history = History(backend=xp.name)
-        stats = self._stats()
-        started = time.perf_counter()
-        progress = Progress(settings.verbose, settings.epochs, -(-n // settings.batch_size))
-        try:
-            # a loss overflowing on its way to divergence raises TrainingDivergedError, not warnings
-            with np.errstate(over="ignore", invalid="ignore"):
-                for epoch in range(1, settings.epochs + 1):
-                    if settings.shuffle:
-                        rng.shuffle(order)
-                    index = xp.asarray(order, np.dtype(np.int64))
-                    xp.copy_into(stats, xp.zeros((2,), np.dtype(np.float64)))
-                    for start in range(0, n, settings.batch_size):
-                        stop = min(start + settings.batch_size, n)
-                        ws = self._workspace(stop - start)
-                        xp.train_step(self._net, ws, X, Y, index[start:stop], states, stats)
-                        progress.step()
-                    figures = self._epoch_figures(epoch, stats, n, held_out, last_finite)
-                    history.record(epoch, figures)
-                    self._snapshot_into(last_finite)
-                    progress.epoch_end(epoch, figures)
-                    if stopping is not None and stopping.stop(epoch, figures):
-                        history.stopped_epoch = epoch
-                        break
-        finally:
-            progress.close()
-        if stopping is not None:
-            stopping.restore_best(history)
-        xp.synchronize()
-        history.wall_time = time.perf_counter() - started
-        return history
+    def _run_record(self, settings: FitSettings, data: FitData) -> serialization.RunRecord:
+        """What a checkpoint records of this run's settings and data, to check a resume by."""
+        arrays = [data.X, data.Y, *(data.val or ())]
+        return serialization.RunRecord(
+            batch_size=settings.batch_size,
+            shuffle=settings.shuffle,
+            patience=settings.patience,
+            samples=len(data.X),
+            validation_samples=0 if data.val is None else len(data.val[0]),
+            data_sha256=data_digest(*arrays),
+        )
 
-    def _epoch_figures(
+    def _read_resume(
+        self, settings: FitSettings, record: serialization.RunRecord | None
+    ) -> serialization.SavedCheckpoint:
+        """The checkpoint to resume from, once it is known to be of this model, this data and
+        these settings; ValueError naming what differs otherwise."""
+        assert settings.resume is not None and record is not None
+        name = settings.resume
+        saved = serialization.read_checkpoint(name, max_bytes=physical_memory())
+        check_resume(name, saved, self._saved_model(with_weights=False), record, settings.epochs)
+        return saved
+
+    def _fit_optimizer(
+        self, settings: FitSettings, saved: serialization.SavedCheckpoint | None
+    ) -> Optimizer:
+        """The optimizer of this fit: the one given, else the checkpoint's, else the model's
+        own, else SGD. Resuming with an optimizer other than the checkpoint's is a ValueError."""
+        given = settings.optimizer
+        if saved is not None:
+            if given is not None and given != saved.optimizer:
+                raise ValueError(
+                    f"optimizer {given!r} differs from the checkpoint's {saved.optimizer!r}; "
+                    "resume with the same one, or none"
+                )
+            return saved.optimizer if given is None else given
+        if given is not None:
+            return given
+        return self._optimizer if self._optimizer is not None else SGD()
+
+    def _check_fit_memory(
+        self, settings: FitSettings, data: FitData, opt: Optimizer, continuing: bool
+    ) -> None:
+        """MemoryBudgetError before anything is allocated when the training data, the
+        optimizer state, the weight copies and the batch buffers cannot fit on the backend."""
+        item = self.dtype.itemsize
+        params = sum(W.size + b.size for W, b in zip(self._net.W, self._net.b, strict=True))
+        samples = len(data.X) + (0 if data.val is None else len(data.val[0]))
+        rows = min(settings.batch_size, len(data.X)) + min(EVAL_BATCH, samples)
+        buffers = rows * (2 * sum(self.layers) + 2 * self.layers[-1])
+        copies = 3 + (settings.patience is not None) + (0 if continuing else len(opt.slots))
+        needed = item * (
+            params * (1 + copies) + samples * (self.layers[0] + self.layers[-1]) + buffers
+        )
+        check_memory(
+            needed,
+            self.backend.memory_bytes(),
+            f"training layers {list(self.layers)} in {self.dtype.name} on {samples} samples "
+            f"with batch_size={settings.batch_size} (data, optimizer state, weight copies, "
+            "batch buffers)",
+            f"the {self.backend.name} backend's memory",
+        )
+
+    def _state_before_fit(self, continuing: bool) -> ModelState:
+        """What fit may change, to put back if it fails: the weights (a device copy), the
+        optimizer and its state (host copies, when fit continues and so changes them) and the
+        History."""
+        xp = self.backend
+        copies = [xp.export_optimizer_state(s) for s in self._states or []] if continuing else []
+        return ModelState(self._snapshot(), self._optimizer, self._states, copies, self.history)
+
+    def _restore_state(self, state: ModelState) -> None:
+        self._restore(state.weights)
+        self._optimizer, self._states, self.history = state.optimizer, state.states, state.history
+        for layer, host in zip(self._states or [], state.state_copies, strict=False):
+            self.backend.import_optimizer_state(layer, host)
+
+    def _start_run(
         self,
-        epoch: int,
-        stats: Array,
-        n: int,
-        held_out: tuple[Array, Array, int] | None,
-        last_finite: list[Array],
-    ) -> dict[str, float]:
-        """The epoch's loss (and accuracy, and validation figures); on a loss that is not
-        finite, the weights of the last finite epoch back and TrainingDivergedError."""
-        total, correct = self.backend.to_host(stats)
-        figures = {"loss": float(total) / n}
+        settings: FitSettings,
+        data: FitData,
+        opt: Optimizer,
+        continuing: bool,
+        saved: serialization.SavedCheckpoint | None,
+        record: serialization.RunRecord | None,
+        before: ModelState,
+    ) -> Run:
+        """The data on the device, the optimizer state (continued, fresh or the checkpoint's)
+        and the loop's position; from here on the model holds this run's optimizer and History."""
+        xp = self.backend
+        states = self._states if continuing and self._states else []
+        if not states:
+            states = [
+                xp.optimizer_state(opt, W, b) for W, b in zip(self._net.W, self._net.b, strict=True)
+            ]
+        held_out = None
+        if data.val is not None:
+            Xv, Yv = data.val
+            held_out = (xp.asarray(Xv, self.dtype), xp.asarray(Yv, self.dtype), len(Xv))
+        n = len(data.X)
+        run = Run(
+            settings=settings,
+            optimizer=opt,
+            X=xp.asarray(data.X, self.dtype),
+            Y=xp.asarray(data.Y, self.dtype),
+            n=n,
+            held_out=held_out,
+            host_X=data.X,
+            record=record,
+            states=states,
+            rng=np.random.default_rng(self.seed if settings.seed is None else settings.seed),
+            order=np.arange(n, dtype=np.int64),
+            stats=self._stats(),
+            history=History(backend=xp.name),
+            stopping=EarlyStopping(self, settings.patience) if settings.patience else None,
+            before=before.weights,
+        )
+        if saved is not None:
+            self._resume(run, saved)
+        self._optimizer, self._states, self.history = opt, states, run.history
+        run.kept = [(run.epochs_done, self._snapshot())]
+        steps = -(-n // settings.batch_size)
+        run.progress = Progress(
+            settings.verbose,
+            settings.epochs,
+            steps,
+            done=run.epochs_done * steps + run.batches_done,
+        )
+        return run
+
+    def _resume(self, run: Run, saved: serialization.SavedCheckpoint) -> None:
+        """``run`` and the model <- where the checkpoint's run stood."""
+        xp = self.backend
+        self.set_weights(saved.model.weights)
+        for state, host in zip(run.states, saved.optimizer_states, strict=True):
+            xp.import_optimizer_state(state, host)
+        run.epochs_done, run.batches_done = saved.epochs_done, saved.batches_done
+        run.order = saved.order.copy()
+        run.rng.bit_generator.state = saved.rng_state
+        xp.copy_into(run.stats, xp.asarray(np.array(saved.stats), np.dtype(np.float64)))
+        run.history, run.history.backend = saved.history, xp.name
+        run.wall_before = saved.history.wall_time
+        if run.stopping is not None and saved.best_weights is not None:
+            run.stopping.resume(saved.best_loss, saved.best_epoch, saved.best_weights)
+
+    # ---- the epoch loop -------------------------------------------------------------------------
+
+    def _train(self, run: Run) -> None:
+        """The epochs of fit, from where ``run`` stands, then the best epoch's weights back
+        under early stopping."""
+        if run.history.stopped_epoch is None:
+            for epoch in range(run.epochs_done + 1, run.settings.epochs + 1):
+                self._run_epoch(run)
+                if self._end_epoch(run, epoch):
+                    break
+        if run.stopping is not None:
+            run.stopping.restore_best(run.history)
+        self.backend.synchronize()
+        run.history.wall_time = run.elapsed()
+
+    def _run_epoch(self, run: Run) -> None:
+        """The steps of an epoch not yet done: a new epoch reshuffles and zeroes its sums."""
+        xp, settings = self.backend, run.settings
+        if run.batches_done == 0:
+            if settings.shuffle:
+                run.rng.shuffle(run.order)
+            xp.copy_into(run.stats, xp.zeros((2,), np.dtype(np.float64)))
+        index = xp.asarray(run.order, np.dtype(np.int64))
+        for start in range(run.batches_done * settings.batch_size, run.n, settings.batch_size):
+            stop = min(start + settings.batch_size, run.n)
+            ws = self._workspace(stop - start)
+            xp.train_step(self._net, ws, run.X, run.Y, index[start:stop], run.states, run.stats)
+            run.batches_done += 1
+            run.progress.step()
+            if run.guard.requested:
+                self._interrupted(run)
+
+    def _end_epoch(self, run: Run, epoch: int) -> bool:
+        """Record a finished epoch (or raise on divergence), keep its weights, write the
+        checkpoint when one is due; returns whether early stopping ends training."""
+        figures = self._epoch_figures(run, epoch)
+        run.history.record(epoch, figures)
+        run.epochs_done, run.batches_done = epoch, 0
+        self._keep(run, epoch)
+        stop = run.stopping is not None and run.stopping.stop(epoch, figures)
+        if stop:
+            run.history.stopped_epoch = epoch
+        settings = run.settings
+        if settings.checkpoint is not None and (
+            stop or epoch == settings.epochs or epoch % settings.checkpoint_every == 0
+        ):
+            self._write_checkpoint(run)
+        run.progress.epoch_end(epoch, figures)
+        if run.guard.requested:
+            self._interrupted(run)
+        return stop
+
+    def _epoch_figures(self, run: Run, epoch: int) -> dict[str, float]:
+        """The epoch's loss (and accuracy, and validation figures); TrainingDivergedError on a
+        loss that is not finite."""
+        total, correct = self.backend.to_host(run.stats)
+        figures = {"loss": float(total) / run.n}
         if not math.isfinite(figures["loss"]):
-            self._restore(last_finite)
-            raise TrainingDivergedError(
-                f"training diverged at epoch {epoch}: the loss became {figures['loss']}; "
-                f"the model keeps the weights of epoch {epoch - 1} (try a smaller learning rate)"
-            )
+            self._diverged(run, epoch, figures["loss"])
         if self.is_classifier:
-            figures["accuracy"] = float(correct) / n
-        if held_out is not None:
-            val_loss, val_acc = self._evaluate(*held_out)
+            figures["accuracy"] = float(correct) / run.n
+        if run.held_out is not None:
+            val_loss, val_acc = self._evaluate(*run.held_out)
             figures["val_loss"] = val_loss
             if self.is_classifier:
                 figures["val_accuracy"] = val_acc
         return figures
+
+    def _keep(self, run: Run, epoch: int) -> None:
+        """The weights at the end of ``epoch``, newest first, beside the previous epoch's:
+        the candidates for the weights kept if training diverges."""
+        if len(run.kept) < 2:
+            run.kept.insert(0, (epoch, self._snapshot()))
+            return
+        _, oldest = run.kept.pop()
+        self._snapshot_into(oldest)
+        run.kept.insert(0, (epoch, oldest))
+
+    def _diverged(self, run: Run, epoch: int, loss: float) -> NoReturn:
+        """Put back the newest kept weights whose loss over the training data is finite (an
+        epoch's loss is summed over its steps, so the weights at its end have not been
+        through a whole forward pass yet), else the weights from before fit; drop the
+        optimizer state, which the diverging steps have filled; raise."""
+        kept_epoch = None
+        for candidate_epoch, weights in run.kept:
+            self._restore(weights)
+            if math.isfinite(self._evaluate(run.X, run.Y, run.n)[0]):
+                kept_epoch = candidate_epoch
+                break
+        else:
+            self._restore(run.before)
+        self._states = None
+        run.history.wall_time = run.elapsed()
+        raise TrainingDivergedError(
+            divergence_message(epoch, loss, kept_epoch, input_scale(run.host_X), run.optimizer),
+            history=run.history,
+            kept_epoch=kept_epoch,
+        )
+
+    # ---- stopping early and checkpoints -------------------------------------------------------
+
+    def _interrupted(self, run: Run) -> NoReturn:
+        """Ctrl-C between steps: the checkpoint written (when asked for), then
+        TrainingInterrupted; the model keeps the last step's weights and optimizer state."""
+        if run.settings.checkpoint is not None:
+            self._write_checkpoint(run)
+        self.backend.synchronize()
+        run.history.wall_time = run.elapsed()
+        raise TrainingInterrupted.between_steps(run)
+
+    def _stop_at_once(self, run: Run) -> NoReturn:
+        """A KeyboardInterrupt inside a step (a second Ctrl-C): the weights of the last
+        completed epoch back, the half-updated optimizer state dropped."""
+        epoch, weights = run.kept[0]
+        self._restore(weights)
+        self._states = None
+        run.history.wall_time = run.elapsed()
+        raise TrainingInterrupted(
+            f"training stopped at once inside a step of epoch {run.epochs_done + 1}: the model "
+            f"keeps the weights of epoch {epoch} and starts its optimizer state afresh",
+            history=run.history,
+            epoch=run.epochs_done + 1,
+            step=run.batches_done,
+        ) from None
+
+    def _write_checkpoint(self, run: Run) -> None:
+        """The run as it stands (at a step or an epoch's end) to its checkpoint file."""
+        xp, path, record = self.backend, run.settings.checkpoint, run.record
+        if path is None or record is None:
+            return
+        total, correct = xp.to_host(run.stats)
+        run.history.wall_time = run.elapsed()
+        best = run.stopping
+        ckpt = serialization.SavedCheckpoint(
+            model=self._saved_model(),
+            optimizer=run.optimizer,
+            optimizer_states=[xp.export_optimizer_state(s) for s in run.states],
+            epochs_done=run.epochs_done,
+            batches_done=run.batches_done,
+            stats=(float(total), float(correct)),
+            order=run.order,
+            rng_state=dict(run.rng.bit_generator.state),
+            run=record,
+            history=run.history,
+            best_loss=None if best is None else finite_or_none(best.best_loss),
+            best_epoch=0 if best is None else best.best_epoch,
+            best_weights=None if best is None else best.host_weights(),
+        )
+        serialization.save_checkpoint(path, ckpt)
+
+    # ---- explaining one sample ------------------------------------------------------------------
 
     def explain(
         self, x: Sequence[float], target: Sequence[float], file: TextIO | None = None
@@ -466,35 +821,56 @@ class MLP:
 
     # ---- files ----------------------------------------------------------------------------------
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the architecture and weights to an ``.npz`` file (no pickle)."""
-        saved = serialization.SavedModel(
+    def _saved_model(self, with_weights: bool = True) -> serialization.SavedModel:
+        return serialization.SavedModel(
             layers=list(self.layers),
             activations=list(self.activations),
             output=self.output,
             loss=self.loss_name,
             dtype=self.dtype.name,
-            weights=self.get_weights(),
+            weights=self.get_weights() if with_weights else [],
         )
-        serialization.save(path, saved)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the architecture and weights to an ``.npz`` file (no pickle), atomically: a
+        crash while saving leaves the old file whole."""
+        serialization.save(path, self._saved_model())
 
 
-def load(path: str | os.PathLike, backend: str | Backend | None = "auto") -> MLP:
-    """A model written by ``MLP.save``, on ``backend``."""
-    saved = serialization.read(path)
-    model = MLP(
-        saved.layers,
-        activation=saved.activations if saved.activations else "sigmoid",
-        output=saved.output,
-        loss=saved.loss,
-        backend=backend,
-        dtype=saved.dtype,
-    )
+def load(
+    path: str | os.PathLike, backend: str | Backend | None = "auto", max_bytes: int | None = None
+) -> MLP:
+    """A model written by ``MLP.save`` (or the model in a checkpoint), on ``backend``.
+
+    The file is checked before anything is allocated; a file that is not a sound bpgpu model
+    raises ModelFileError (a ValueError) naming the file and the field. ``max_bytes`` caps
+    what its arrays may declare (default: the host's memory).
+    """
+    xp = get_backend(backend)
+    name = os.fspath(path)
+    if max_bytes is not None:
+        check_int(max_bytes, "max_bytes", 1)
+    saved = serialization.read(name, physical_memory() if max_bytes is None else max_bytes)
+    try:
+        model = MLP(
+            saved.layers,
+            activation=saved.activations if saved.activations else "sigmoid",
+            output=saved.output,
+            loss=saved.loss,
+            backend=xp,
+            dtype=saved.dtype,
+        )
+    except MemoryBudgetError:
+        raise
+    except ValueError as exc:
+        raise ModelFileError(
+            serialization.MODEL_FILE, name, f"describes a network bpgpu cannot build: {exc}"
+        ) from None
     model.set_weights(saved.weights)
     return model
 
 
-class _EarlyStopping:
+class EarlyStopping:
     """Stops once the monitored loss (validation loss, else training loss) has not improved for
     ``patience`` epochs, and puts the best epoch's weights back."""
 
@@ -515,6 +891,25 @@ class _EarlyStopping:
         self.model._restore(self.best_weights)
         history.best_epoch = self.best_epoch
 
+    def host_weights(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The best epoch's weights as NumPy (W, b) pairs."""
+        xp, L = self.model.backend, len(self.best_weights) // 2
+        return [
+            (xp.to_host(self.best_weights[l]), xp.to_host(self.best_weights[L + l]))
+            for l in range(L)
+        ]
+
+    def resume(
+        self, best_loss: float | None, best_epoch: int, weights: list[tuple[np.ndarray, np.ndarray]]
+    ) -> None:
+        """The best epoch so far, from a checkpoint."""
+        xp, dtype = self.model.backend, self.model.dtype
+        self.best_loss = math.inf if best_loss is None else best_loss
+        self.best_epoch = best_epoch
+        host = [W for W, _ in weights] + [b for _, b in weights]
+        for dst, src in zip(self.best_weights, host, strict=True):
+            xp.copy_into(dst, xp.asarray(src, dtype))
+
 
 def _check_activations(activation: object, n_hidden: int, layers: Sequence[int]) -> list[str]:
     """One activation name per hidden layer, from one name or a list of them."""
@@ -529,51 +924,6 @@ def _check_activations(activation: object, n_hidden: int, layers: Sequence[int])
                 f"{list(layers)}; got {len(names)}"
             )
     return [check_name(a, ACTIVATIONS, f"activation[{i}]") for i, a in enumerate(names)]
-
-
-def _check_fit_arguments(
-    epochs: object,
-    batch_size: object,
-    optimizer: Optimizer | str | None,
-    lr: float | None,
-    shuffle: object,
-    seed: object,
-    patience: object,
-    verbose: object,
-) -> _FitSettings:
-    epochs = check_int(epochs, "epochs", 1)
-    batch_size = check_int(batch_size, "batch_size", 1)
-    opt = make_optimizer(optimizer, lr)
-    if not isinstance(shuffle, bool):
-        raise TypeError(f"shuffle must be a bool; got {shuffle!r}")
-    return _FitSettings(
-        epochs=epochs,
-        batch_size=batch_size,
-        optimizer=opt,
-        shuffle=bool(shuffle),
-        seed=None if seed is None else check_int(seed, "seed", 0),
-        patience=None if patience is None else check_int(patience, "patience", 1),
-        verbose=check_verbose(verbose),
-    )
-
-
-VALIDATION_MODES = ("last", "shuffle", "stratified")
-
-
-def _check_validation_arguments(
-    validation_split: object, validation_data: tuple[object, object] | None, mode: object
-) -> None:
-    check_name(mode, VALIDATION_MODES, "validation_mode")
-    if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)):
-        raise TypeError(f"validation_split must be a number in [0, 1); got {validation_split!r}")
-    if not 0.0 <= validation_split < 1.0:
-        raise ValueError(f"validation_split must be in [0, 1); got {validation_split}")
-    if validation_split and validation_data is not None:
-        raise ValueError("give validation_split or validation_data, not both")
-    if validation_data is not None and (
-        not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2
-    ):
-        raise ValueError("validation_data must be an (X, y) pair")
 
 
 def _class_of_rows(Y: np.ndarray, output: str) -> np.ndarray | None:
@@ -624,5 +974,5 @@ def _warn_if_classes_differ(train: np.ndarray, held: np.ndarray, n_val: int) -> 
             + (f"lack classes {only_train}" if only_train else "")
             + ". Shuffle the data first, or pass validation_mode='stratified' or 'shuffle'",
             UserWarning,
-            stacklevel=4,
+            stacklevel=5,
         )

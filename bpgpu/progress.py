@@ -25,9 +25,16 @@ def _format(figures: dict[str, float]) -> str:
 
 class Progress:
     """The display of one fit: ``step()`` after every training step, ``epoch_end`` after
-    every epoch, ``close()`` at the end."""
+    every epoch, ``close()`` at the end; ``done``: the steps a resumed run has behind it."""
 
-    def __init__(self, verbose: int, epochs: int, steps_per_epoch: int, out: TextIO | None = None):
+    def __init__(
+        self,
+        verbose: int,
+        epochs: int,
+        steps_per_epoch: int,
+        out: TextIO | None = None,
+        done: int = 0,
+    ):
         self.verbose, self.epochs = verbose, epochs
         self.out = out if out is not None else sys.stderr
         self._bar: Any = None
@@ -43,7 +50,11 @@ class Progress:
                 self.verbose = 2
             else:
                 self._bar = tqdm(
-                    total=epochs * steps_per_epoch, unit="step", desc="fit", file=self.out
+                    total=epochs * steps_per_epoch,
+                    initial=done,
+                    unit="step",
+                    desc="fit",
+                    file=self.out,
                 )
 
     def step(self) -> None:

@@ -3,11 +3,51 @@
 from __future__ import annotations
 
 import numbers
+import os
 from collections.abc import Iterable
 
 import numpy as np
 
 DTYPES: dict[str, np.dtype] = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
+
+
+class MemoryBudgetError(ValueError, MemoryError):
+    """What was asked for needs more memory than there is: raised before allocating, with the
+    sizes that were asked for and the bytes they need. Both a ValueError (bad arguments) and a
+    MemoryError."""
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes in the largest binary unit that keeps it at least 1: '1.5 GiB'."""
+    value, unit = float(n), "bytes"
+    for next_unit in ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, next_unit
+    return f"{int(value)} bytes" if unit == "bytes" else f"{value:.3g} {unit}"
+
+
+def physical_memory() -> int | None:
+    """The host's physical memory in bytes, None where the platform does not say."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(needed: int, available: int | None, what: str, where: str) -> None:
+    """Raise MemoryBudgetError unless ``needed`` bytes fit in ``available`` (None: unknown,
+    nothing is checked). ``what`` says what needs them, ``where`` which memory it is."""
+    if available is not None and needed > available:
+        raise MemoryBudgetError(
+            f"{what} need {format_bytes(needed)}, more than the {format_bytes(available)} of "
+            f"{where}"
+        )
+
+
+def input_scale(X: np.ndarray) -> float:
+    """The largest magnitude in X, without a temporary as large as X."""
+    return float(max(abs(float(X.max())), abs(float(X.min())))) if X.size else 0.0
 
 
 def check_dtype(dtype: object) -> np.dtype:

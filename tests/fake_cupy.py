@@ -159,7 +159,8 @@ cuda = types.SimpleNamespace(
         CUDARuntimeError=CUDARuntimeError,
         runtimeGetVersion=lambda: 13000,
     ),
-    Device=lambda *a: types.SimpleNamespace(id=0, compute_capability="90"),
+    # the device's memory is the host's here: mem_info is (free, total) bytes
+    Device=lambda *a: types.SimpleNamespace(id=0, compute_capability="90", mem_info=(2**34, 2**34)),
     get_current_stream=lambda: _stream,
     Stream=Stream,
     Event=Event,

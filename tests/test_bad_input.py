@@ -3,6 +3,8 @@ argument; a failed fit leaves the weights exactly as they were; divergence is re
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -83,6 +85,33 @@ def test_unavailable_backend_says_why():
         bpgpu.MLP([2, 2], backend="cupy")
 
 
+def test_a_model_beyond_memory_is_refused_before_allocating():
+    """Named by its layers, dtype and bytes, before NumPy is asked for 7 TiB."""
+    with pytest.raises(
+        bpgpu.MemoryBudgetError, match=r"layers \[1000000, 1000000\] in float32 .* need 10.9 TiB"
+    ) as info:
+        bpgpu.MLP([10**6, 10**6], backend="numpy")
+    assert isinstance(info.value, ValueError) and isinstance(info.value, MemoryError)
+
+
+def test_kernel_backends_refuse_arrays_beyond_32_bit_indexing():
+    try:
+        backend = bpgpu.get_backend("cuda-emulated")
+    except bpgpu.BackendUnavailableError as exc:
+        pytest.skip(str(exc))
+    with pytest.raises(bpgpu.MemoryBudgetError, match="W_1 would hold 2500000000 elements"):
+        bpgpu.MLP([50000, 50000, 2], backend=backend)
+
+
+def test_training_beyond_memory_is_refused_before_allocating(net, data, monkeypatch):
+    X, y = data
+    before = net.get_weights()
+    monkeypatch.setattr(net.backend, "memory_bytes", lambda: 1000)
+    with pytest.raises(bpgpu.MemoryBudgetError, match=r"layers \[4, 5, 3\].*batch_size=4"):
+        net.fit(X, y, epochs=1, batch_size=4)
+    assert same_weights(before, net.get_weights())
+
+
 # ---- data: fit, predict, loss, score, gradients ---------------------------------------------
 
 BAD_X = [
@@ -131,6 +160,20 @@ def test_bad_X(net, data, method, bad, exc, match):
     with pytest.raises(exc, match=match):
         getattr(net, method)(*args)
     assert same_weights(before, net.get_weights())
+
+
+@pytest.mark.parametrize("method", ["predict", "predict_proba", "loss", "score", "gradients"])
+def test_inputs_that_overflow_the_forward_pass(method):
+    """Finite float32 inputs near its largest value overflow X @ W: a ValueError naming X and
+    the sizes at fault, not NaN outputs and RuntimeWarnings."""
+    # (He-normal weights of seed 0 take the first row past float32's largest value)
+    net = bpgpu.MLP([4, 5, 3], activation="relu", backend="numpy", seed=0, init="he-relu")
+    X = np.array([[3e38, 3e38, -3e38, -3e38], [1.0, 2.0, 3.0, 4.0]])
+    args = (X,) if method.startswith("predict") else (X, [0, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no RuntimeWarning on the way
+        with pytest.raises(ValueError, match=r"of X .*overflows float32 \(X reaches 3e\+38"):
+            getattr(net, method)(*args)
 
 
 BAD_Y = [
@@ -250,8 +293,11 @@ def test_fit_failing_midway_restores_the_weights(net, data, monkeypatch):
 # ---- divergence ---------------------------------------------------------------------------------
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")
-def test_divergence_raises_and_keeps_the_last_finite_weights(rng):
+def test_divergence_keeps_the_last_weights_whose_forward_pass_is_finite(rng):
+    """Full-batch SGD at lr=3 on a linear network: the loss of epoch e is the forward pass of
+    the weights at the end of epoch e - 1, so when epoch E's loss overflows, the weights at the
+    end of E - 1 overflow too; the model keeps epoch E - 2's, whose forward pass is finite, and
+    says so; the History of the finite epochs comes with the exception."""
     X = rng.normal(size=(64, 3))
     y = X.sum(axis=1)
 
@@ -265,22 +311,56 @@ def test_divergence_raises_and_keeps_the_last_finite_weights(rng):
             X, y, epochs=epochs, batch_size=64, optimizer=bpgpu.SGD(lr=3.0), shuffle=False
         )
 
-    diverged_at = None
-    for epochs in range(1, 30):
-        net = model()
-        try:
-            fit(net, epochs)
-        except bpgpu.TrainingDivergedError as exc:
-            assert "diverged" in str(exc)
-            assert isinstance(exc, FloatingPointError)
-            diverged_at = epochs
-            break
-    assert diverged_at is not None and diverged_at >= 2, "lr=3 should diverge after a few epochs"
-    weights = net.get_weights()
-    assert all(np.all(np.isfinite(W)) and np.all(np.isfinite(b)) for W, b in weights)
-    last_good = model()
-    fit(last_good, diverged_at - 1)
-    assert same_weights(weights, last_good.get_weights())
+    net = model()
+    with pytest.raises(bpgpu.TrainingDivergedError, match="diverged") as info:
+        fit(net, 30)
+    exc = info.value
+    assert isinstance(exc, FloatingPointError)
+    diverged_at = int(str(exc).split("epoch ")[1].split(":")[0])
+    assert diverged_at >= 3, "lr=3 should diverge after a few epochs"
+    assert exc.history.epochs == list(range(1, diverged_at))
+    assert all(np.isfinite(exc.history["loss"]))
+    assert net.history is exc.history
+    assert exc.kept_epoch == diverged_at - 2
+    assert f"keeps the weights of epoch {exc.kept_epoch}" in str(exc)
+    kept = model()
+    fit(kept, exc.kept_epoch)
+    assert same_weights(net.get_weights(), kept.get_weights())
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # NumPy warns of these
+        assert np.all(np.isfinite(net.predict(X)))
+        assert np.isfinite(net.loss(X, y))
+
+
+def test_weights_kept_after_divergence_predict_without_overflow(rng):
+    """A classifier whose weights grow to ~1e21 before its loss overflows: the weights it keeps
+    give finite predictions without overflow warnings."""
+    X, y = rng.normal(size=(100, 4)), rng.integers(0, 3, 100)
+    net = bpgpu.MLP([4, 8, 3], activation="identity", backend="numpy", seed=0)
+    with pytest.raises(bpgpu.TrainingDivergedError) as info:
+        net.fit(X, y, epochs=20, optimizer=bpgpu.SGD(lr=100.0))
+    assert info.value.kept_epoch is not None
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        assert np.all(np.isfinite(net.predict_proba(X)))
+
+
+def test_divergence_from_huge_inputs_says_to_scale_them(rng):
+    X, y = rng.normal(size=(100, 4)) * 1e30, rng.integers(0, 3, 100)
+    net = bpgpu.MLP([4, 8, 3], activation="relu", backend="numpy", seed=0)
+    before = net.get_weights()
+    with pytest.raises(bpgpu.TrainingDivergedError) as info:
+        net.fit(X, y, epochs=5, optimizer=bpgpu.SGD(lr=1e-3))
+    message = str(info.value)
+    assert "inputs reach" in message and "standardizing" in message
+    assert "learning rate" not in message
+    assert info.value.kept_epoch == 0  # the weights fit started from
+    assert same_weights(before, net.get_weights())
+
+
+def test_divergence_with_ordinary_inputs_advises_the_learning_rate(rng):
+    X, y = rng.normal(size=(100, 4)), rng.integers(0, 3, 100)
+    net = bpgpu.MLP([4, 8, 3], activation="identity", backend="numpy", seed=0)
+    with pytest.raises(bpgpu.TrainingDivergedError, match="smaller learning rate than lr=100"):
+        net.fit(X, y, epochs=20, optimizer=bpgpu.SGD(lr=100.0))
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")

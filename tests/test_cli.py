@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 import bpgpu
-from bpgpu import cli
+from bpgpu import cli, serialization
 
 QUICK = ["--epochs", "3", "--quiet", "--backend", "numpy"]
 
@@ -135,3 +137,70 @@ def test_python_dash_m():
     )
     assert result.returncode == 2
     assert result.stderr.startswith("bpgpu: error:") and "Traceback" not in result.stderr
+
+
+def test_train_checkpoint_and_resume_equal_one_run(tmp_path, capsys):
+    """--checkpoint on a 2-epoch run, then --resume to 4 epochs: the saved model equals a
+    4-epoch run's."""
+    base = ["train", "--dataset", "iris", "--layers", "4-8-3", *QUICK[2:]]
+    code, _, err = _run(capsys, [*base, "--epochs", "4", "--save", str(tmp_path / "whole.npz")])
+    assert code == 0, err
+    ckpt = tmp_path / "c.npz"
+    code, _, err = _run(capsys, [*base, "--epochs", "2", "--checkpoint", str(ckpt)])
+    assert code == 0, err
+    argv = [*base, "--epochs", "4", "--resume", str(ckpt), "--save", str(tmp_path / "r.npz")]
+    code, out, err = _run(capsys, argv)
+    assert code == 0, err
+    assert f"resuming the run in {ckpt}: 2 epochs done" in out and "for 4 epochs" in out
+    whole, resumed = (bpgpu.load(tmp_path / n, backend="numpy") for n in ("whole.npz", "r.npz"))
+    for (W1, b1), (W2, b2) in zip(whole.get_weights(), resumed.get_weights(), strict=True):
+        np.testing.assert_array_equal(W1, W2)
+        np.testing.assert_array_equal(b1, b2)
+    # the run does start from the checkpoint: from other weights there, it ends elsewhere
+    saved = serialization.read_checkpoint(ckpt)
+    W, b = saved.model.weights[0]
+    saved.model.weights[0] = (W * 0.5, b)
+    serialization.save_checkpoint(ckpt, saved)
+    assert _run(capsys, argv)[0] == 0
+    moved = bpgpu.load(tmp_path / "r.npz", backend="numpy")
+    assert not np.array_equal(moved.get_weights()[0][0], whole.get_weights()[0][0])
+
+
+def test_resume_with_other_arguments_is_a_user_error(tmp_path, capsys):
+    base = ["train", "--dataset", "iris", "--layers", "4-8-3", *QUICK[2:]]
+    ckpt = tmp_path / "c.npz"
+    assert _run(capsys, [*base, "--epochs", "2", "--checkpoint", str(ckpt)])[0] == 0
+    code, _, err = _run(capsys, [*base, "--batch-size", "8", "--resume", str(ckpt)])
+    assert code == 2 and "batch_size=8 differs" in err and "Traceback" not in err
+
+
+def test_ctrl_c_says_where_it_stopped_and_still_writes_the_outputs(tmp_path):
+    """A real SIGINT to `bpgpu train` once its first checkpoint exists: exit status 130, one
+    line saying where it stopped (no traceback), and --save, --plot and the checkpoint of the
+    model as it stands."""
+    files = {name: tmp_path / name for name in ("m.npz", "loss.png", "c.npz")}
+    argv = [
+        "train", "--dataset", "digits", "--layers", "64-32-10", "--epochs", "100000",
+        "--backend", "numpy", "--quiet", "--save", str(files["m.npz"]),
+        "--plot", str(files["loss.png"]), "--checkpoint", str(files["c.npz"]),
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bpgpu", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not files["c.npz"].exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == cli.INTERRUPTED, err
+    assert "Traceback" not in err
+    assert "bpgpu: training interrupted " in err and "epoch" in err
+    assert "model saved to" in out and "test accuracy:" in out
+    assert files["loss.png"].read_bytes()[:4] == b"\x89PNG"
+    saved = bpgpu.load(files["m.npz"], backend="numpy")
+    checkpoint = serialization.read_checkpoint(files["c.npz"])
+    for (W1, _), (W2, _) in zip(saved.get_weights(), checkpoint.model.weights, strict=True):
+        np.testing.assert_array_equal(W1, W2)  # both the model as it stood

@@ -34,14 +34,16 @@ from contextlib import AbstractContextManager, nullcontext
 import numpy as np
 
 from bpgpu.backends import checks
-from bpgpu.backends.state import Array, Network, OptimizerState, Workspace
+from bpgpu.backends.state import Array, HostOptimizerState, Network, OptimizerState, Workspace
 from bpgpu.optimizers import Optimizer
+from bpgpu.validation import physical_memory
 
 __all__ = [
     "Array",
     "Backend",
     "BackendUnavailableError",
     "HostMemory",
+    "HostOptimizerState",
     "Network",
     "OptimizerState",
     "Workspace",
@@ -112,6 +114,11 @@ class Backend(ABC):
         """Wait for queued work."""
         return None  # nothing is queued on the CPU
 
+    def memory_bytes(self) -> int | None:
+        """The memory this backend's arrays live in, in bytes (None: unknown); what a model
+        and its training are checked against before anything is allocated."""
+        return None
+
     # ---- the ops, arguments checked ---------------------------------------------------------
 
     def dense_forward(self, X: Array, W: Array, b: Array, activation: str, out: Array) -> Array:
@@ -165,6 +172,26 @@ class Backend(ABC):
         """Fresh (zeroed) optimizer state for one layer's W (k, n) and b (n,)."""
         checks.optimizer_state(self, optimizer, W, b)
         return self._optimizer_state(optimizer, W, b)
+
+    def export_optimizer_state(self, state: OptimizerState) -> HostOptimizerState:
+        """Host copies of a layer's optimizer state: its slot arrays and update count."""
+        return HostOptimizerState(
+            W={k: self.to_host(v) for k, v in state.W.items()},
+            b={k: self.to_host(v) for k, v in state.b.items()},
+            t=state.t,
+        )
+
+    def import_optimizer_state(self, state: OptimizerState, saved: HostOptimizerState) -> None:
+        """A layer's optimizer state <- ``saved`` (what ``export_optimizer_state`` gave, maybe
+        from another backend). Every slot is checked first (names, shapes, finite values), so a
+        ValueError naming the slot leaves ``state`` as it was. The update count moves to
+        ``saved.t``: the next update is ``saved.t + 1`` (kernel backends write its numbers in
+        ``_advance``, as for any update)."""
+        checks.host_optimizer_state(state, saved)
+        for slots, host in ((state.W, saved.W), (state.b, saved.b)):
+            for name, dst in slots.items():
+                self.copy_into(dst, self.asarray(host[name], dst.dtype))
+        state.t = saved.t
 
     # ---- the ops each backend implements (arguments trusted) ---------------------------------
 
@@ -328,6 +355,9 @@ class Backend(ABC):
 
 class HostMemory:
     """Memory for backends whose arrays are NumPy arrays on the host."""
+
+    def memory_bytes(self) -> int | None:
+        return physical_memory()
 
     def asarray(self, host: np.ndarray, dtype: np.dtype) -> np.ndarray:
         return np.array(host, dtype=dtype, order="C", copy=True)

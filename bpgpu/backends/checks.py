@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from bpgpu.backends.state import OptimizerState
+from bpgpu.backends.state import HostOptimizerState, OptimizerState
 from bpgpu.functions import ACTIVATIONS, LOSSES, OUTPUTS, check_combination, check_name
 from bpgpu.optimizers import Optimizer
 
@@ -194,3 +194,28 @@ def optimizer_state(xp: Backend, optimizer: Any, W: Any, b: Any) -> tuple[int, i
     array(xp, "W", W, (k, n), dt)
     array(xp, "b", b, (n,), dt)
     return k, n
+
+
+def host_optimizer_state(state: OptimizerState, saved: Any) -> None:
+    """``saved`` is a HostOptimizerState with the slots of ``state``, each a finite NumPy array
+    of its slot's shape, and an update count t >= 0."""
+    if not isinstance(saved, HostOptimizerState):
+        raise TypeError(f"saved must be a HostOptimizerState; got {type(saved).__name__}")
+    if isinstance(saved.t, bool) or not isinstance(saved.t, (int, np.integer)) or saved.t < 0:
+        raise ValueError(f"saved.t must be an update count (an integer >= 0); got {saved.t!r}")
+    for part, slots, host in (("W", state.W, saved.W), ("b", state.b, saved.b)):
+        if not isinstance(host, dict) or set(host) != set(slots):
+            names = sorted(host) if isinstance(host, dict) else type(host).__name__
+            raise ValueError(
+                f"saved.{part} must hold the slots {sorted(slots)} of "
+                f"{state.optimizer.kind}; got {names}"
+            )
+        for name, dst in slots.items():
+            a = host[name]
+            if not isinstance(a, np.ndarray) or a.shape != tuple(dst.shape):
+                got = a.shape if isinstance(a, np.ndarray) else type(a).__name__
+                raise ValueError(
+                    f"saved.{part}[{name!r}] must have shape {tuple(dst.shape)}; got {got}"
+                )
+            if a.dtype.kind != "f" or not np.all(np.isfinite(a)):
+                raise ValueError(f"saved.{part}[{name!r}] must hold finite floating-point numbers")

@@ -121,6 +121,9 @@ class CupyBackend(KernelOps):
     def synchronize(self) -> None:
         self._cp.cuda.get_current_stream().synchronize()
 
+    def memory_bytes(self) -> int | None:
+        return int(self._cp.cuda.Device(self._device).mem_info[1])  # (free, total)
+
     def check_device(self, name: str, array: Array) -> None:
         if array.device.id != self._device:
             raise ValueError(

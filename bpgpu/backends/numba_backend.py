@@ -17,6 +17,7 @@ import numpy as np
 from bpgpu.backends.base import Array, Backend, BackendUnavailableError, OptimizerState
 from bpgpu.backends.cuda_launch import element_geometry, tile_grid
 from bpgpu.functions import ACTIVATIONS, LOSSES, OUTPUTS
+from bpgpu.validation import physical_memory
 
 
 def _blocks(n: int, per_block: int) -> int:
@@ -124,6 +125,13 @@ class NumbaBackend(Backend):
         if self.simulated:  # the simulator's arrays have no __cuda_array_interface__
             return isinstance(obj, type(self._cuda.device_array(1)))
         return self._cuda.is_cuda_array(obj)
+
+    def memory_bytes(self) -> int | None:
+        if self.simulated:
+            return physical_memory()  # the simulator's device arrays are host memory
+        if self._cupy is not None:
+            return int(self._cupy.cuda.Device().mem_info[1])  # (free, total)
+        return int(self._cuda.current_context().get_memory_info()[1])  # (free, total)
 
     def synchronize(self) -> None:
         if self._cupy is not None:

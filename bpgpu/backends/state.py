@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from bpgpu.optimizers import Optimizer
 
 Array = Any  # an array of a backend's own kind (NumPy, CuPy, numba device arrays)
@@ -24,6 +26,16 @@ class OptimizerState:
     b: dict[str, Array]
     t: int = 0
     scratch: Any = None
+
+
+@dataclass
+class HostOptimizerState:
+    """One layer's optimizer state as NumPy copies on the host, what a checkpoint holds: the
+    slot arrays for W and b by slot name, and ``t``, the updates applied so far."""
+
+    W: dict[str, np.ndarray]
+    b: dict[str, np.ndarray]
+    t: int
 
 
 @dataclass

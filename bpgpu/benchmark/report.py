@@ -7,6 +7,7 @@ so they can be drawn again from a saved report.json.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
@@ -20,6 +21,7 @@ import numpy as np
 
 from bpgpu.backends import cuda_source
 from bpgpu.benchmark.results import Row, RunResult
+from bpgpu.files import write_bytes, write_text
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -119,10 +121,11 @@ def assemble(
 
 def write(out: Path, report: dict[str, Any], with_plots: bool = True) -> None:
     """report.json, report.md and (``with_plots``) the three plots into ``out``, created if
-    needed."""
+    needed; each file written atomically, so an interrupted run leaves the previous report's
+    files whole."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
-    (out / "report.md").write_text(markdown(report))
+    write_text(out / "report.json", json.dumps(report, indent=1, default=float) + "\n")
+    write_text(out / "report.md", markdown(report))
     if with_plots:
         plots(report, out)
 
@@ -321,8 +324,10 @@ def plots(report: dict, out: Path) -> list[str]:
         )
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out / fname, dpi=110)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=110)
         plt.close(fig)
+        write_bytes(out / fname, png.getvalue())
         written.append(fname)
 
     bars("median_ms", "step_time.png", "step time, ms (median)", True, systems)
