@@ -5,7 +5,7 @@ It computes what the NumPy backend computes (and is tested, like it, against the
 backend); two compiled paths change the schedule, each taken only where it pays:
 
 - **Whole epochs.** For a small network at a small batch (``compiled_pays``: the rule measured
-  by bench/cpu_paths.py, bench/results/cpu/compiled/NOTES.md), ``MLP.fit`` hands this backend
+  on a grid of networks and batches, bench/results/cpu/compiled/NOTES.md), ``MLP.fit`` hands this backend
   whole epochs (``train_epochs``): one compiled call gathers every batch, runs forward, loss,
   backward and the optimizer for every step of every epoch, with plain loops that the compiler
   vectorizes. A per-sample epoch is one call, not thousands.
@@ -49,7 +49,7 @@ COMPILED_STEP_TERMS = 1 << 18
 
 def compiled_pays(layers: list[int], batch: int) -> bool:
     """Whether whole compiled epochs beat the NumPy steps for this network and batch size (the
-    rule fitted to the measured grid of bench/cpu_paths.py)."""
+    rule fitted to a measured grid, bench/results/cpu/compiled/NOTES.md)."""
     terms = sum(k * n for k, n in itertools.pairwise(layers))
     return batch <= COMPILED_MAX_BATCH and batch * terms <= COMPILED_STEP_TERMS
 
