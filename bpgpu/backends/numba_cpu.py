@@ -5,10 +5,10 @@ It computes what the NumPy backend computes (and is tested, like it, against the
 backend); two compiled paths change the schedule, each taken only where it pays:
 
 - **Whole epochs.** For a small network at a small batch (``compiled_pays``: the rule measured
-  on a grid of networks and batches, bench/results/cpu/compiled/NOTES.md), ``MLP.fit`` hands this backend
-  whole epochs (``train_epochs``): one compiled call gathers every batch, runs forward, loss,
-  backward and the optimizer for every step of every epoch, with plain loops that the compiler
-  vectorizes. A per-sample epoch is one call, not thousands.
+  on a grid of networks and batches, bench/results/cpu/compiled/NOTES.md), ``MLP.fit`` hands
+  this backend whole epochs (``train_epochs``): one compiled call gathers every batch, runs
+  forward, loss, backward and the optimizer for every step of every epoch, with plain loops
+  that the compiler vectorizes. A per-sample epoch is one call, not thousands.
 - **Fused epilogues.** Everywhere else the steps are the NumPy backend's: BLAS for the matrix
   products, and around them compiled single passes for bias + activation, the activation's
   derivative and the optimizer's update (one pass where NumPy makes up to nine).
