@@ -91,7 +91,12 @@ class NumbaCpuBackend(NumpyBackend):
     # ---- the fused epilogues ------------------------------------------------------------------
 
     def _bias_activate(self, z: np.ndarray, bias: np.ndarray, activation: str) -> None:
-        numba_rules.bias_activate(z, bias, ACTIVATIONS[activation].code)
+        # NumPy's own SIMD exp and tanh beat the compiled loop's scalar libm calls, so only
+        # the activations without them are compiled
+        if activation in ("relu", "identity"):
+            numba_rules.bias_activate(z, bias[0], ACTIVATIONS[activation].code)
+        else:
+            super()._bias_activate(z, bias, activation)
 
     def _times_derivative(self, d: np.ndarray, a: np.ndarray, activation: str) -> None:
         if activation == "identity":

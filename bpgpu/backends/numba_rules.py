@@ -188,10 +188,10 @@ _jit_inline = numba.njit(cache=True, nogil=True, error_model="numpy", inline="al
 
 @_jit
 def bias_activate(z, bias, code):
-    # z[r, j] <- f(z[r, j] + bias[r, j])
+    # z[r, j] <- f(z[r, j] + bias[j])
     for r in range(z.shape[0]):
         for j in range(z.shape[1]):
-            z[r, j] = _activate(z[r, j] + bias[r, j], code)
+            z[r, j] = _activate(z[r, j] + bias[j], code)
 
 
 @_jit

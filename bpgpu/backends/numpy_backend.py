@@ -313,7 +313,8 @@ class NumpyBackend(HostMemory, Backend):
     # ---- the elementwise passes around the matrix products (a subclass may compile them) ----
 
     def _bias_activate(self, z: np.ndarray, bias: np.ndarray, activation: str) -> None:
-        """z <- f(z + bias) in place, bias broadcast over the rows."""
+        """z <- f(z + bias) in place; ``bias`` holds b in each of z's rows (a broadcast view or a
+        block of copies)."""
         z += bias
         _activate(z, activation)
 
