@@ -109,7 +109,7 @@ def compile_rules(jit: Callable[[Callable], Any]) -> SimpleNamespace:
         for j in range(n):
             g = A[i, j] - Y[i, j]
             if loss == MSE:
-                total += 0.5 * float64(g) * float64(g)
+                total += 0.5 * float64(g * g)  # the square in the dtype, as NumPy squares it
                 dot += A[i, j] * g
             D[i, j] = g
         if loss == MSE:
