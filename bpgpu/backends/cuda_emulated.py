@@ -240,14 +240,28 @@ class CudaEmulatedBackend(HostMemory, KernelOps):
 
     @classmethod
     def probe(cls) -> None:
-        if compiler() is None:
+        """Raises BackendUnavailableError saying what is missing: a C++ compiler, or the
+        sources the library is built from (an installed wheel may lack them). Nothing is
+        built here, so ``bpgpu info`` stays quick; the first launch builds."""
+        cxx = compiler()
+        if cxx is None:
             raise BackendUnavailableError(
                 "no C++ compiler (set CXX, or install g++ or clang++) to build the CPU "
                 "emulation of the CUDA kernels"
             )
-        if not (cpu_dir() / "launch.cpp").is_file():
+        if shutil.which(cxx) is None:  # CXX names a program that is not there
             raise BackendUnavailableError(
-                f"{cpu_dir()} lacks the CPU emulation sources (launch.cpp, cuda_cpu.h)"
+                f"the C++ compiler CXX={cxx!r} is not an executable program; set CXX to one, "
+                "or unset it to take g++ or clang++ from PATH"
+            )
+        if not kernel_sources():
+            raise BackendUnavailableError(
+                f"no kernel sources (*.cu) in {kernel_dir()} to build the CPU emulation from"
+            )
+        missing = [n for n in ("launch.cpp", "cuda_cpu.h") if not (cpu_dir() / n).is_file()]
+        if missing:
+            raise BackendUnavailableError(
+                f"{cpu_dir()} lacks the CPU emulation sources ({', '.join(missing)})"
             )
 
     def __init__(
