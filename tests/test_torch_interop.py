@@ -132,11 +132,12 @@ def torch_loss(output: str, loss: str, logits, y):
 
 @pytest.mark.parametrize("output,loss", LOSSES, ids=["+".join(p) for p in LOSSES])
 @pytest.mark.parametrize("optimizer", OPTIMIZERS, ids=repr)
-@pytest.mark.parametrize("backend", list(REGISTRY))
+@pytest.mark.parametrize("backend", [b for b in REGISTRY if b != "reference"])
 def test_training_equals_pytorchs_from_the_same_weights(rng, backend, optimizer, output, loss):
-    """25 minibatch steps in float64 from the same initial weights, on every backend that runs
-    here (the CUDA C kernels too, on the CPU as cuda-emulated): the same weights as PyTorch to
-    1e-10 (bpgpu decays weights only, so torch's biases go in a group without decay)."""
+    """25 minibatch steps in float64 from the same initial weights, on every engine that runs
+    here and the CUDA C kernels on the CPU (cuda-emulated): the same weights as PyTorch to 1e-10
+    (bpgpu decays weights only, so torch's biases go in a group without decay). The reference
+    is left out for time: the conformance suite holds every backend to it."""
     backend_or_skip(backend)
     k = 3 if output == "softmax" else 2
     X = rng.normal(size=(100, 6))
