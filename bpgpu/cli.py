@@ -365,7 +365,7 @@ def info() -> int:
     for name, entry in REGISTRY.items():
         try:
             backend = get_backend(name)
-        except BackendUnavailableError as exc:
+        except (BackendUnavailableError, ValueError) as exc:  # ValueError: its settings
             print(f"{name}: {exc}")
             continue
         note = (

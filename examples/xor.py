@@ -19,13 +19,11 @@ Y = np.array([0, 1, 1, 0], dtype=float)
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--epochs", type=int, default=20000)
+    ap.add_argument("--epochs", type=int, help="default: 20000, or 3000 with --fast")
     ap.add_argument("--fast", action="store_true", help="3000 epochs (the tests)")
     args = ap.parse_args(argv)
-    epochs = 3000 if args.fast else args.epochs
-    net = bpgpu.MLP(
-        [2, 2, 1], "sigmoid", "sigmoid", "mse", backend="numpy", dtype="float64", seed=0
-    )
+    epochs = args.epochs or (3000 if args.fast else 20000)
+    net = bpgpu.MLP([2, 2, 1], "sigmoid", "sigmoid", "mse", dtype="float64", seed=0)
     hist = net.fit(X, Y, epochs=epochs, batch_size=1, optimizer=bpgpu.SGD(lr=0.5), shuffle=False)
     P = net.predict_proba(X)[:, 0]
     for x, p in zip(X, P, strict=True):
@@ -33,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     accuracy_2_2_1 = net.score(X, Y)
     best_2_1 = 0.0
     for seed in range(5):  # one unit draws one line: no seed separates XOR
-        single = bpgpu.MLP([2, 1], output="sigmoid", loss="mse", backend="numpy", seed=seed)
+        single = bpgpu.MLP([2, 1], output="sigmoid", loss="mse", seed=seed)
         single.fit(X, Y, epochs=min(epochs, 2000), batch_size=1, optimizer=bpgpu.SGD(lr=0.5))
         best_2_1 = max(best_2_1, single.score(X, Y))
     print(f"2-2-1 after {epochs} epochs: loss {hist['loss'][-1]:.5f}, accuracy {accuracy_2_2_1}")

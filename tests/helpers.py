@@ -11,11 +11,21 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pytest
 
-from bpgpu.backends.base import Backend, HostMemory
+from bpgpu.backends import get_backend
+from bpgpu.backends.base import Backend, BackendUnavailableError, HostMemory
 from bpgpu.backends.reference import ReferenceBackend
 
 REF = ReferenceBackend()
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
+def backend_or_skip(name: str) -> Backend:
+    """The backend called ``name``; the test is skipped, with the reason, where it cannot run."""
+    try:
+        return get_backend(name)
+    except BackendUnavailableError as exc:
+        pytest.skip(str(exc))
+
 
 #: the tolerance floor per dtype, relative to the reference's scale, per sqrt of the length of
 #: the sums behind an element (summation orders differ: in order in the kernels, pairwise in

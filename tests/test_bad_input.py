@@ -10,6 +10,8 @@ import pytest
 
 import bpgpu
 from bpgpu import ops
+from bpgpu.backends import REGISTRY
+from helpers import backend_or_skip
 
 NAN, INF = float("nan"), float("inf")
 
@@ -95,10 +97,7 @@ def test_a_model_beyond_memory_is_refused_before_allocating():
 
 
 def test_kernel_backends_refuse_arrays_beyond_32_bit_indexing():
-    try:
-        backend = bpgpu.get_backend("cuda-emulated")
-    except bpgpu.BackendUnavailableError as exc:
-        pytest.skip(str(exc))
+    backend = backend_or_skip("cuda-emulated")
     with pytest.raises(bpgpu.MemoryBudgetError, match="W_1 would hold 2500000000 elements"):
         bpgpu.MLP([50000, 50000, 2], backend=backend)
 
@@ -424,11 +423,18 @@ def test_ops_reject_bad_shapes_and_names(rng):
         ops.optimizer_state(bpgpu.Adam(), W.tolist(), b)
 
 
-def test_ops_match_the_backend(rng):
-    X, W, b = rng.normal(size=(5, 3)), rng.normal(size=(3, 4)), rng.normal(size=4)
-    np.testing.assert_allclose(ops.dense_forward(X, W, b, "tanh"), np.tanh(X @ W + b), rtol=1e-13)
-    state = ops.optimizer_state(bpgpu.SGD(lr=0.1), W, b)
-    D = rng.normal(size=(5, 4))
-    W0 = W.copy()
-    ops.weight_update(X, D, W, b, state)
-    np.testing.assert_allclose(W, W0 - 0.1 * X.T @ D, rtol=1e-13)
+@pytest.mark.parametrize("backend", [None, *REGISTRY])
+def test_ops_match_the_backend(rng, backend):
+    """bpgpu.ops by backend name (None: the one of NumPy arrays), the CUDA C kernels on the CPU
+    (cuda-emulated) included."""
+    xp = backend_or_skip(backend or "numpy")
+    launched = sum(getattr(xp, "launched", {}).values())  # the kernel backends count launches
+    X, W, b, D = (rng.normal(size=s) for s in ((5, 3), (3, 4), (4,), (5, 4)))
+    A = ops.dense_forward(X, W, b, "tanh", backend=backend)
+    np.testing.assert_allclose(xp.to_host(A), np.tanh(X @ W + b), rtol=1e-13)
+    Wd, bd = xp.asarray(W, W.dtype), xp.asarray(b, b.dtype)
+    state = ops.optimizer_state(bpgpu.SGD(lr=0.1), Wd, bd, backend=backend)
+    ops.weight_update(X, D, Wd, bd, state, backend=backend)
+    np.testing.assert_allclose(xp.to_host(Wd), W - 0.1 * X.T @ D, rtol=1e-13)
+    if hasattr(xp, "launched"):
+        assert sum(xp.launched.values()) > launched, "no kernel ran"

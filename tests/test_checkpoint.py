@@ -22,22 +22,15 @@ import pytest
 
 import bpgpu
 from bpgpu import serialization
-from bpgpu.backends import BackendUnavailableError, get_backend
+from bpgpu.backends import get_backend
 from bpgpu.backends.base import Backend
-from helpers import F32, assert_close
+from helpers import F32, assert_close, backend_or_skip
 
 ROOT = Path(__file__).resolve().parents[1]
 
 #: fit's settings for the resume tests: 83 training rows, 6 steps an epoch, early stopping on
 FIT = {"epochs": 4, "batch_size": 14, "seed": 3, "validation_split": 0.2, "patience": 3}
 EXACT = ["numpy", "reference"]
-
-
-def backend_or_skip(name: str) -> Backend:
-    try:
-        return get_backend(name)
-    except BackendUnavailableError as exc:
-        pytest.skip(str(exc))
 
 
 def model(backend: str = "numpy", layers=(6, 9, 5, 3), dtype: str = "float32") -> bpgpu.MLP:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -10,8 +11,12 @@ import pytest
 
 import bpgpu
 from bpgpu import cli, serialization
+from bpgpu.backends import REGISTRY
+from helpers import backend_or_skip
 
 QUICK = ["--epochs", "3", "--quiet", "--backend", "numpy"]
+#: what ``bpgpu train`` prints after training, each followed by its number
+KEYS = ("final training loss", "test accuracy")
 
 
 def _run(capsys, argv: list[str]) -> tuple[int, str, str]:
@@ -27,6 +32,26 @@ def test_train_digits_prints_accuracy_time_backend(capsys):
     accuracy = float(out.split("test accuracy:")[1].split()[0])
     assert 0.5 < accuracy <= 1.0  # 3 epochs of Adam at 0.01 learn most of digits
     assert "wall time:" in out and "backend: numpy" in out
+
+
+@pytest.mark.parametrize("backend", [b for b in REGISTRY if b != "numpy"])
+def test_train_xor_on_every_backend_gives_numpys_result(capsys, tmp_path, backend):
+    """``bpgpu train --dataset xor --backend cuda-emulated`` (and every other backend that runs
+    here): the loss and accuracy numpy prints, and a saved model with numpy's weights."""
+    backend_or_skip(backend)
+    printed, weights = {}, {}
+    for name in ("numpy", backend):
+        model = tmp_path / f"{name}.npz"
+        argv = ["train", "--dataset", "xor", "--backend", name, "--quiet", "--save", str(model)]
+        code, out, err = _run(capsys, argv)
+        assert code == 0, err
+        assert f"backend: {name}" in out
+        printed[name] = [float(re.search(f"{key}:? (\\S+)", out)[1]) for key in KEYS]
+        weights[name] = bpgpu.load(model, backend=name).get_weights()
+    assert printed[backend] == pytest.approx(printed["numpy"], rel=1e-4)
+    for (W, b), (W0, b0) in zip(weights[backend], weights["numpy"], strict=True):
+        np.testing.assert_allclose(W, W0, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(b, b0, rtol=1e-4, atol=1e-6)
 
 
 def test_train_shows_progress_bar(capsys):

@@ -4,10 +4,14 @@ recorded for shapes too large to run here."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
-from bpgpu.backends import cuda_emulated, cuda_launch
+import bpgpu
+from bpgpu import backends, cli
+from bpgpu.backends import cuda_emulated, cuda_launch, cuda_source
 from bpgpu.backends.base import BackendUnavailableError
 from bpgpu.backends.cuda_launch import MAX_GRID_Y, entry_points, gemm_geometry, tile_grid
 from bpgpu.backends.cuda_source import TUNABLES
@@ -96,8 +100,75 @@ def test_tile_grid_puts_row_tiles_on_grid_x(tile) -> None:
         tile_grid(cuda_launch.MAX_GRID_X * tile + 1, 10, tile, tile)
 
 
-def test_without_a_compiler_it_is_unavailable_and_says_why(monkeypatch):
+def _no_compiler_on_path(monkeypatch, tmp_path):
     monkeypatch.delenv("CXX", raising=False)
-    monkeypatch.setattr(cuda_emulated.shutil, "which", lambda name: None)
-    with pytest.raises(BackendUnavailableError, match=r"no C\+\+ compiler"):
-        cuda_emulated.CudaEmulatedBackend.probe()
+    monkeypatch.setenv("PATH", str(tmp_path))
+
+
+def _no_kernel_sources(monkeypatch, tmp_path):
+    """As in an installed wheel without its kernels: every lookup of the folder finds none."""
+    empty = tmp_path / "kernels"
+    (empty / "cpu").mkdir(parents=True)
+    for module in (cuda_emulated, cuda_source):
+        monkeypatch.setattr(module, "kernel_dir", lambda: empty)
+
+
+@pytest.mark.parametrize(
+    "cause,reason",
+    [
+        (lambda mp, tmp: mp.setenv("CXX", "nonexistent"), "CXX='nonexistent' is not an executable"),
+        (_no_compiler_on_path, r"no C\+\+ compiler \(set CXX, or install g\+\+ or clang\+\+\)"),
+        (_no_kernel_sources, r"no kernel sources \(\*\.cu\) in .*kernels"),
+    ],
+    ids=["CXX-not-a-program", "no-compiler-on-PATH", "no-kernel-sources"],
+)
+def test_unavailable_with_the_reason_in_info_and_in_the_error(
+    monkeypatch, tmp_path, capsys, cause, reason
+):
+    monkeypatch.setattr(backends, "_instances", {})  # probe every backend afresh
+    monkeypatch.setattr(backends, "_unavailable", {})
+    cause(monkeypatch, tmp_path)
+    assert cli.main(["info"]) == 0
+    line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("cuda-emulated:"))
+    assert re.search(f"not available: .*{reason}", line), line
+    with pytest.raises(BackendUnavailableError, match=reason):
+        bpgpu.MLP([2, 2], backend="cuda-emulated")
+
+
+def test_auto_never_picks_it(monkeypatch):
+    """Not even when no engine can run: auto then fails rather than take the emulation."""
+    assert not backends.REGISTRY["cuda-emulated"].engine
+    assert "cuda-emulated" not in backends.available_backends()
+    monkeypatch.delenv("BPGPU_BACKEND", raising=False)
+    monkeypatch.setattr(
+        backends, "_instances", {"cuda-emulated": backends.get_backend("cuda-emulated")}
+    )
+    gone = {n: f"backend {n!r} is not available: test" for n in ("cupy", "numba", "numpy")}
+    monkeypatch.setattr(backends, "_unavailable", gone)
+    with pytest.raises(BackendUnavailableError, match="no backend can run here"):
+        backends.get_backend("auto")
+
+
+def test_the_cache_folder_and_the_hash_of_what_is_built(monkeypatch, tmp_path):
+    """$BPGPU_CACHE_DIR, else $XDG_CACHE_HOME/bpgpu, else ~/.cache/bpgpu; the library's name
+    changes with the compiler ($CXX) and with any source."""
+    monkeypatch.delenv("BPGPU_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cuda_emulated.cache_dir() == tmp_path / "home" / ".cache" / "bpgpu"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cuda_emulated.cache_dir() == tmp_path / "xdg" / "bpgpu"
+    monkeypatch.setenv("BPGPU_CACHE_DIR", str(tmp_path / "own"))
+    assert cuda_emulated.cache_dir() == tmp_path / "own"
+
+    monkeypatch.setenv("CXX", "/usr/bin/true")
+    assert cuda_emulated.compiler() == "/usr/bin/true"
+    source = tmp_path / "one.cu"
+    source.write_text("// one\n")
+    path = cuda_emulated.library_path("g++", [source], instrumented=False)
+    assert path.parent == tmp_path / "own" and path.name.startswith("cuda-emulated-plain-")
+    assert cuda_emulated.library_path("g++", [source], instrumented=False) == path
+    assert cuda_emulated.library_path("clang++", [source], instrumented=False) != path
+    assert cuda_emulated.library_path("g++", [source], instrumented=True) != path
+    source.write_text("// two\n")
+    assert cuda_emulated.library_path("g++", [source], instrumented=False) != path

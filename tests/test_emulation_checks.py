@@ -9,8 +9,11 @@ same checks; here, taking any barrier out of a real kernel makes racecheck fail.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,6 +234,43 @@ def test_the_checks_are_named_and_validated(monkeypatch):
     monkeypatch.setenv("BPGPU_EMULATION_SCHEDULE", "descending")
     xp = CudaEmulatedBackend()  # what the registered backend takes in a test run
     assert (xp.schedule, xp.checks) == ("descending", ("racecheck", "memcheck"))
+    monkeypatch.setenv("BPGPU_EMULATION_CHECKS", "1")
+    assert CudaEmulatedBackend().checks == tuple(CHECKS)
+    monkeypatch.setenv("BPGPU_EMULATION_CHECKS", "racecheck,bogus")
+    with pytest.raises(ValueError, match="BPGPU_EMULATION_CHECKS='racecheck,bogus' in the env"):
+        CudaEmulatedBackend()
+    monkeypatch.setenv("BPGPU_EMULATION_SCHEDULE", "sideways")
+    with pytest.raises(ValueError, match="BPGPU_EMULATION_SCHEDULE='sideways' in the env"):
+        CudaEmulatedBackend(checks="none")
+
+
+#: a user's script: a model on the registered backend, trained and described
+USER_SCRIPT = """
+import numpy as np, bpgpu
+net = bpgpu.MLP([5, 7, 3], activation="tanh", backend="cuda-emulated", seed=0)
+rng = np.random.default_rng(0)
+net.fit(rng.normal(size=(20, 5)), rng.integers(0, 3, 20), epochs=2, batch_size=8, verbose=0)
+print(net.backend.describe()["schedule"], net.backend.describe()["checks"])
+print(sum(net.backend.launched.values()), net.backend.instrumented)
+"""
+
+
+def test_any_user_model_runs_under_the_checks_from_the_environment():
+    """BPGPU_EMULATION_CHECKS=1 and a schedule set outside a script that trains on
+    backend="cuda-emulated": its kernels run on the instrumented build, under every check."""
+    try:
+        CudaEmulatedBackend.probe()
+    except BackendUnavailableError as exc:
+        pytest.skip(str(exc))
+    env = {**os.environ, "BPGPU_EMULATION_CHECKS": "1", "BPGPU_EMULATION_SCHEDULE": "random:3"}
+    done = subprocess.run(
+        [sys.executable, "-c", USER_SCRIPT], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    described, ran = done.stdout.splitlines()
+    assert described == "random:3 synccheck,racecheck,initcheck,memcheck"
+    launches, instrumented = ran.split()
+    assert int(launches) > 0 and instrumented == "True"
 
 
 # ---- the real kernels' barriers are watched -------------------------------------------------

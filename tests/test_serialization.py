@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 import bpgpu
+from bpgpu.backends import REGISTRY
+from helpers import backend_or_skip
 
 
 @pytest.fixture
@@ -30,21 +32,25 @@ def trained(rng) -> tuple[bpgpu.MLP, np.ndarray]:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_round_trip(tmp_path, rng, dtype):
+@pytest.mark.parametrize("backend", list(REGISTRY))
+def test_round_trip(tmp_path, rng, backend, dtype):
+    """Saved from a model trained on each backend, loaded onto the same backend."""
+    backend_or_skip(backend)
     X, y = rng.normal(size=(33, 5)), rng.integers(0, 2, 33)
     net = bpgpu.MLP(
         [5, 7, 4, 2],
         activation=["tanh", "relu"],
         output="sigmoid",
         loss="cross_entropy",
-        backend="numpy",
+        backend=backend,
         dtype=dtype,
         seed=2,
     )
     net.fit(X, np.eye(2)[y], epochs=2, batch_size=8)
     path = tmp_path / "model.npz"
     net.save(path)
-    back = bpgpu.load(path, backend="numpy")
+    back = bpgpu.load(path, backend=backend)
+    assert back.backend.name == backend
     assert back.layers == net.layers
     assert back.activations == ["tanh", "relu"]
     assert (back.output, back.loss_name, back.dtype) == (

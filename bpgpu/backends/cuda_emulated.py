@@ -32,9 +32,10 @@ import subprocess
 import tempfile
 import threading
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -44,6 +45,8 @@ from bpgpu.backends.cuda_source import defines, families, family_source, kernel_
 
 #: the orders threads and blocks run in (the enum of kernels/cpu/launch.cpp, in its order)
 SCHEDULES = ("ascending", "descending", "random")
+_T = TypeVar("_T")
+
 #: the checks and their bits in launch.cpp's ``checks``
 CHECKS = {"synccheck": 1, "racecheck": 2, "initcheck": 4, "memcheck": 8}
 #: the checks that need the kernels' loads and stores to call launch.cpp's hooks
@@ -180,14 +183,31 @@ def parse_schedule(spec: str) -> tuple[int, int]:
 
 
 def parse_checks(checks: str | Iterable[str]) -> tuple[str, ...]:
-    """The checks named by "all", "none", a comma-separated string or an iterable of names."""
+    """The checks named by "all" (or "1"), "none" (or "0"), a comma-separated string or an
+    iterable of names."""
     if isinstance(checks, str):
+        checks = {"all": "all", "1": "all", "0": "none"}.get(checks.strip(), checks)
         checks = CHECKS if checks == "all" else [c for c in checks.split(",") if c != "none"]
     names = tuple(dict.fromkeys(c.strip() for c in checks if c.strip()))
     unknown = [c for c in names if c not in CHECKS]
     if unknown:
         raise ValueError(f"checks must be among {', '.join(CHECKS)} (or 'all'); got {unknown}")
     return names
+
+
+def _from_environment(
+    parse: Callable[[str], object], given: _T | None, variable: str, default: str
+) -> _T | str:
+    """``given``, else the environment's ``variable``, else ``default``; a value the
+    environment gives that ``parse`` refuses raises a ValueError naming the variable."""
+    if given is not None:
+        return given
+    value = os.environ.get(variable) or default
+    try:
+        parse(value)
+    except ValueError as exc:
+        raise ValueError(f"{variable}={value!r} in the environment: {exc}") from None
+    return value
 
 
 class _Options(ctypes.Structure):
@@ -240,14 +260,28 @@ class CudaEmulatedBackend(HostMemory, KernelOps):
 
     @classmethod
     def probe(cls) -> None:
-        if compiler() is None:
+        """Raises BackendUnavailableError saying what is missing: a C++ compiler, or the
+        sources the library is built from (an installed wheel may lack them). Nothing is
+        built here, so ``bpgpu info`` stays quick; the first launch builds."""
+        cxx = compiler()
+        if cxx is None:
             raise BackendUnavailableError(
                 "no C++ compiler (set CXX, or install g++ or clang++) to build the CPU "
                 "emulation of the CUDA kernels"
             )
-        if not (cpu_dir() / "launch.cpp").is_file():
+        if shutil.which(cxx) is None:  # CXX names a program that is not there
             raise BackendUnavailableError(
-                f"{cpu_dir()} lacks the CPU emulation sources (launch.cpp, cuda_cpu.h)"
+                f"the C++ compiler CXX={cxx!r} is not an executable program; set CXX to one, "
+                "or unset it to take g++ or clang++ from PATH"
+            )
+        if not kernel_sources():
+            raise BackendUnavailableError(
+                f"no kernel sources (*.cu) in {kernel_dir()} to build the CPU emulation from"
+            )
+        missing = [n for n in ("launch.cpp", "cuda_cpu.h") if not (cpu_dir() / n).is_file()]
+        if missing:
+            raise BackendUnavailableError(
+                f"{cpu_dir()} lacks the CPU emulation sources ({', '.join(missing)})"
             )
 
     def __init__(
@@ -259,11 +293,13 @@ class CudaEmulatedBackend(HostMemory, KernelOps):
     ) -> None:
         super().__init__()
         self._blocks = target_blocks
-        self.schedule = schedule or os.environ.get("BPGPU_EMULATION_SCHEDULE") or "ascending"
+        self.schedule = _from_environment(
+            parse_schedule, schedule, "BPGPU_EMULATION_SCHEDULE", "ascending"
+        )
         kind, seed = parse_schedule(self.schedule)
-        if checks is None:
-            checks = os.environ.get("BPGPU_EMULATION_CHECKS", "synccheck")
-        self.checks = parse_checks(checks)
+        self.checks = parse_checks(
+            _from_environment(parse_checks, checks, "BPGPU_EMULATION_CHECKS", "synccheck")
+        )
         self.instrumented = any(c in INSTRUMENTED_CHECKS for c in self.checks)
         self._sources = tuple(sources) if sources is not None else kernel_sources()
         self._options = _Options(kind, sum(CHECKS[c] for c in self.checks), seed, None, 0)
