@@ -160,7 +160,7 @@ class NumbaCpuBackend(NumpyBackend):
     ) -> None:
         """One step; compiled whole where compiled epochs pay (one epoch of one batch)."""
         sizes = [net.W[0].shape[0], *(W.shape[1] for W in net.W)]
-        if not compiled_pays(sizes, ws.rows):
+        if not self.compiled_epochs(sizes, ws.rows):
             super().train_step(net, ws, X, Y, index, states, stats)
             return
         check_index_values(X, index)
