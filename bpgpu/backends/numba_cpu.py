@@ -40,17 +40,23 @@ from bpgpu.backends.numpy_backend import NumpyBackend
 from bpgpu.functions import ACTIVATIONS, LOSSES, OUTPUTS
 from bpgpu.optimizers import Optimizer
 
-#: a step whose batch has more rows than this runs on BLAS, whatever the network
+#: a batch of at most this many rows trains compiled whatever the network: per-sample and
+#: small-batch steps are matrix-vector work, which the compiled loops do as fast as BLAS and
+#: without its call overhead
+COMPILED_SMALL_BATCH = 16
+#: a larger batch trains compiled when it has at most COMPILED_MAX_BATCH rows and its
+#: multiply-adds per forward pass, batch x sum of k n over the layers, are at most
+#: COMPILED_STEP_TERMS: past that BLAS's blocked products beat the compiled loops
 COMPILED_MAX_BATCH = 256
-#: ... and so does one whose multiply-adds per forward pass, batch x sum of k n over the layers,
-#: exceed this: from there BLAS's blocked products beat the compiled loops
 COMPILED_STEP_TERMS = 1 << 18
 
 
 def compiled_pays(layers: list[int], batch: int) -> bool:
     """Whether whole compiled epochs beat the NumPy steps for this network and batch size (the
-    rule fitted to a measured grid, bench/results/cpu/compiled/NOTES.md)."""
-    terms = sum(k * n for k, n in itertools.pairwise(layers))
+    rule fitted to a measured grid, bench/results/cpu/compiled/)."""
+    if batch <= COMPILED_SMALL_BATCH:
+        return True
+    terms = sum(k * n for k, n in zip(layers[:-1], layers[1:], strict=True))
     return batch <= COMPILED_MAX_BATCH and batch * terms <= COMPILED_STEP_TERMS
 
 
