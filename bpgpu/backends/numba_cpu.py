@@ -56,7 +56,7 @@ def compiled_pays(layers: list[int], batch: int) -> bool:
     rule fitted to a measured grid, bench/results/cpu/compiled/)."""
     if batch <= COMPILED_SMALL_BATCH:
         return True
-    terms = sum(k * n for k, n in zip(layers[:-1], layers[1:], strict=True))
+    terms = sum(k * n for k, n in itertools.pairwise(layers))
     return batch <= COMPILED_MAX_BATCH and batch * terms <= COMPILED_STEP_TERMS
 
 
