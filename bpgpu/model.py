@@ -72,6 +72,9 @@ __all__ = ["MLP", "TrainingDivergedError", "TrainingInterrupted", "load"]
 EVAL_BATCH = 4096
 #: batch sizes whose buffers a model keeps at once
 _WORKSPACES_KEPT = 4
+#: the most work (samples x multiply-adds of a forward pass, summed over its epochs) one call of
+#: whole compiled epochs holds: about a second on a laptop core
+_TERMS_PER_CALL = 1 << 30
 
 
 def _check_model_memory(layers: Sequence[int], dtype: np.dtype, backend: Backend) -> None:
@@ -663,16 +666,76 @@ class MLP:
 
     def _train(self, run: Run) -> None:
         """The epochs of fit, from where ``run`` stands, then the best epoch's weights back
-        under early stopping."""
+        under early stopping. Where the backend compiles whole epochs (numba-cpu, small
+        networks), runs of epochs go to it in one call each."""
         if run.history.stopped_epoch is None:
-            for epoch in range(run.epochs_done + 1, run.settings.epochs + 1):
-                self._run_epoch(run)
-                if self._end_epoch(run, epoch):
+            epoch = run.epochs_done + 1
+            while epoch <= run.settings.epochs:
+                count = self._epochs_per_call(run, epoch)
+                if count:
+                    stop = self._run_epochs(run, epoch, count)
+                    epoch += count
+                else:
+                    self._run_epoch(run)
+                    stop = self._end_epoch(run, epoch)
+                    epoch += 1
+                if stop:
                     break
         if run.stopping is not None:
             run.stopping.restore_best(run.history)
         self.backend.synchronize()
         run.history.wall_time = run.elapsed()
+
+    def _epochs_per_call(self, run: Run, epoch: int) -> int:
+        """How many epochs from ``epoch`` on the backend runs in one call; 0: step by step.
+
+        One epoch a call where each is looked at (validation, early stopping); never past a
+        checkpoint that is due; and no more work than _TERMS_PER_CALL, so Ctrl-C is answered
+        within about a second."""
+        settings = run.settings
+        if run.batches_done or not self.backend.compiled_epochs(
+            list(self.layers), min(settings.batch_size, run.n)
+        ):
+            return 0
+        if run.held_out is not None or run.stopping is not None:
+            return 1
+        last = settings.epochs
+        if settings.checkpoint is not None:
+            every = settings.checkpoint_every
+            last = min(last, -(-epoch // every) * every)
+        per_epoch = run.n * sum(k * n for k, n in itertools.pairwise(self.layers))
+        return max(1, min(last - epoch + 1, _TERMS_PER_CALL // per_epoch))
+
+    def _run_epochs(self, run: Run, first: int, count: int) -> bool:
+        """Epochs ``first`` ... ``first + count - 1`` in one call of the backend, each reshuffled
+        as ``_run_epoch`` does and recorded as ``_end_epoch`` does (the last one by it); returns
+        whether early stopping ends training."""
+        xp, settings = self.backend, run.settings
+        orders = np.empty((count, run.n), np.int64)
+        for row in orders:
+            if settings.shuffle:
+                run.rng.shuffle(run.order)
+            row[...] = run.order
+        ws = self._workspace(min(settings.batch_size, run.n))
+        result = xp.train_epochs(self._net, ws, run.X, run.Y, orders, run.states)
+        last = first + result.done - 1
+        steps = -(-run.n // settings.batch_size)
+        for epoch, (total, correct) in zip(range(first, last), result.stats, strict=False):
+            figures = self._epoch_figures(run, epoch, total, correct)
+            run.history.record(epoch, figures)
+            run.progress.step(steps)
+            run.progress.epoch_end(epoch, figures)
+        if math.isfinite(result.stats[-1, 0]):
+            if result.done > 1:  # the weights at the end of the epoch before the last
+                _, oldest = run.kept.pop()
+                for dst, src in zip(oldest, result.starts[0], strict=True):
+                    xp.copy_into(dst, src)
+                run.kept.insert(0, (last - 1, oldest))
+        elif result.done > 1:  # the candidates for the weights kept on divergence
+            run.kept = [(last - 1 - i, start) for i, start in enumerate(result.starts)]
+        xp.copy_into(run.stats, xp.asarray(result.stats[-1], np.dtype(np.float64)))
+        run.progress.step(steps)
+        return self._end_epoch(run, last)
 
     def _run_epoch(self, run: Run) -> None:
         """The steps of an epoch not yet done: a new epoch reshuffles and zeroes its sums."""
@@ -694,7 +757,8 @@ class MLP:
     def _end_epoch(self, run: Run, epoch: int) -> bool:
         """Record a finished epoch (or raise on divergence), keep its weights, write the
         checkpoint when one is due; returns whether early stopping ends training."""
-        figures = self._epoch_figures(run, epoch)
+        total, correct = self.backend.to_host(run.stats)
+        figures = self._epoch_figures(run, epoch, total, correct)
         run.history.record(epoch, figures)
         run.epochs_done, run.batches_done = epoch, 0
         self._keep(run, epoch)
@@ -711,10 +775,11 @@ class MLP:
             self._interrupted(run)
         return stop
 
-    def _epoch_figures(self, run: Run, epoch: int) -> dict[str, float]:
-        """The epoch's loss (and accuracy, and validation figures); TrainingDivergedError on a
-        loss that is not finite."""
-        total, correct = self.backend.to_host(run.stats)
+    def _epoch_figures(
+        self, run: Run, epoch: int, total: float, correct: float
+    ) -> dict[str, float]:
+        """The epoch's loss (and accuracy, and validation figures) from its summed loss and
+        correct count; TrainingDivergedError on a loss that is not finite."""
         figures = {"loss": float(total) / run.n}
         if not math.isfinite(figures["loss"]):
             self._diverged(run, epoch, figures["loss"])

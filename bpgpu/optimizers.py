@@ -7,7 +7,8 @@ A class gives its hyperparameters (checked when it is made), the per-parameter s
 benchmark's comparison; torch is never imported here).
 
 Adding an optimizer: its class here and in OPTIMIZERS, its case in kernels/optimizers.cuh and
-its case in ``optimizer_step`` of bpgpu/backends/numba_kernels.py.
+its case in ``optimizer_rule`` of bpgpu/backends/numba_rules.py (which the numba kernels and
+the compiled CPU path share).
 
 The rules, for a parameter P with gradient G; weight decay is L2 on the weights only, added to
 the gradient first (G <- G + wd W); t counts updates from 1. These are PyTorch's conventions:
@@ -94,6 +95,15 @@ class Optimizer:
 
     def _kernel_scalars(self, t: int) -> tuple[float, ...]:
         return ()
+
+    def kernel_scalars_table(self, first: int, count: int, dtype: np.dtype) -> np.ndarray:
+        """``kernel_scalars(t)`` of the updates t = first ... first + count - 1, a row each,
+        in ``dtype``: the same formulas, evaluated on an array of update counts at once."""
+        t = np.arange(first, first + count, dtype=np.int64)
+        table = np.empty((count, KERNEL_SCALARS), dtype)
+        for column, value in enumerate(self.kernel_scalars(t)):  # type: ignore[arg-type]
+            table[:, column] = value
+        return table
 
     def apply(
         self,
@@ -229,7 +239,7 @@ class Adam(Optimizer):
             self.beta2,
             self.eps,
             self.lr_at(t) / (1.0 - self.beta1**t),
-            1.0 / math.sqrt(1.0 - self.beta2**t),
+            1.0 / np.sqrt(1.0 - self.beta2**t),
         )
 
     def update(

@@ -57,9 +57,10 @@ class Progress:
                     file=self.out,
                 )
 
-    def step(self) -> None:
+    def step(self, count: int = 1) -> None:
+        """``count`` more training steps done."""
         if self._bar is not None:
-            self._bar.update(1)
+            self._bar.update(count)
 
     def epoch_end(self, epoch: int, figures: dict[str, float]) -> None:
         if self._bar is not None:

@@ -4,6 +4,8 @@ Give one as an optimizer's ``lr``: ``bpgpu.Adam(lr=bpgpu.CosineDecay(1e-3, steps
 Every backend asks it for the rate of each update: the NumPy backends in their update, the
 kernels among the optimizer's numbers of the update (``Optimizer.kernel_scalars``), which live
 in device memory, so a captured CUDA graph replays with the new rate and nothing is recompiled.
+A schedule also takes an array of update counts and gives their rates (the compiled CPU path
+asks for a whole epoch's at once).
 
     StepDecay(lr, step_size, gamma)   lr * gamma^floor((t - 1) / step_size)
     ExponentialDecay(lr, gamma)       lr * gamma^(t - 1)
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+
+import numpy as np
 
 from bpgpu.validation import check_int
 
@@ -82,8 +86,8 @@ class CosineDecay(Schedule):
         object.__setattr__(self, "min_lr", _positive("min_lr", self.min_lr, self.lr, zero=True))
 
     def __call__(self, t: int) -> float:
-        done = min(t - 1, self.steps) / self.steps
-        return self.min_lr + (self.lr - self.min_lr) * (1 + math.cos(math.pi * done)) / 2
+        done = np.minimum(t - 1, self.steps) / self.steps
+        return self.min_lr + (self.lr - self.min_lr) * (1 + np.cos(math.pi * done)) / 2
 
 
 @dataclass(frozen=True, repr=False)
@@ -98,4 +102,4 @@ class Warmup(Schedule):
 
     def __call__(self, t: int) -> float:
         base = self.schedule(t) if isinstance(self.schedule, Schedule) else self.schedule
-        return base * min(1.0, t / self.steps)
+        return base * np.minimum(1.0, t / self.steps)

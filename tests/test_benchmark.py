@@ -15,6 +15,7 @@ from bpgpu.benchmark import main, timing
 from bpgpu.benchmark.command import default_out
 from bpgpu.benchmark.report import markdown, progress_line
 from bpgpu.benchmark.results import Row
+from bpgpu.benchmark.run import PEERS
 from bpgpu.benchmark.systems import Prepared, PreparedFit, TorchTrainer, make_data
 from bpgpu.benchmark.workloads import DEFAULT, parse_workload
 from bpgpu.cli import main as cli_main
@@ -86,10 +87,16 @@ def test_quick_report(tmp_path):
         assert ("fit" in row) == (i < 2)
         if HAS_TORCH:
             assert row["results"]["torch-eager"]["speedup_vs_torch"] == 1.0
+            # the fastest peer's time over numpy's
+            peers = [
+                r["median_ms"] for n, r in row["results"].items() if n in PEERS and "median_ms" in r
+            ]
+            assert res["speedup_vs_peer"] == pytest.approx(min(peers) / res["median_ms"])
         else:
             assert row["results"]["torch-eager"] == {"status": "not installed"}
     fit = report["rows"][0]["fit"]["numpy"]
-    assert fit["samples"] == 1024 and fit["epochs"] == 1 and fit["steps"] == 4
+    batch = DEFAULT[0].shrunk(256).batch
+    assert fit["samples"] == 1024 and fit["epochs"] == 1 and fit["steps"] == 1024 // batch
     assert fit["median_s"] > 0 and fit["ms_per_step"] > 0 and fit["fit_over_step"] > 0
     md = (out / "report.md").read_text()
     assert "| 784-512-10 b256 relu/softmax | rmsprop |" in md

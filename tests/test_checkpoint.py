@@ -174,6 +174,41 @@ def test_resume_in_another_process_after_sigkill(tmp_path, rng):
     assert_same_weights(resumed, whole)
 
 
+def test_resume_of_compiled_epochs_equals_the_uninterrupted_run(tmp_path, monkeypatch, data):
+    """numba-cpu trains runs of epochs in one compiled call each, never past a due checkpoint:
+    3 epochs checkpointed every 2, resumed to 7, equal one 7-epoch run bit for bit."""
+    backend_or_skip("numba-cpu")
+    X, y = data
+    settings = {"batch_size": 14, "seed": 3}
+    whole = model("numba-cpu")
+    calls: list[int] = []
+    compiled = type(whole.backend).train_epochs
+
+    def counted(xp, net, ws, X_, Y_, orders, states):
+        calls.append(len(orders))
+        return compiled(xp, net, ws, X_, Y_, orders, states)
+
+    monkeypatch.setattr(type(whole.backend), "train_epochs", counted)
+    hist = whole.fit(X, y, optimizer=bpgpu.Adam(lr=0.01), epochs=7, **settings)
+    assert calls == [7]
+    path = tmp_path / "run.npz"
+    short = model("numba-cpu")
+    short.fit(
+        X,
+        y,
+        optimizer=bpgpu.Adam(lr=0.01),
+        epochs=3,
+        checkpoint=path,
+        checkpoint_every=2,
+        **settings,
+    )
+    assert calls[1:] == [2, 1]  # epochs 1-2, checkpoint, epoch 3, checkpoint
+    longer = model("numba-cpu")
+    assert_same_history(longer.fit(X, y, resume=path, epochs=7, **settings), hist)
+    assert calls[3:] == [4]
+    assert_same_weights(longer, whole)
+
+
 def test_resume_at_an_epoch_end_and_training_longer(tmp_path, data):
     """A run of 2 epochs resumed to 5 equals a run of 5; a finished run resumed with its own
     epochs changes nothing."""

@@ -82,8 +82,8 @@ def test_cuda_optimizers_follow_the_classes():
             assert len(cls().kernel_scalars(t)) == KERNEL_SCALARS
 
 
-def test_numba_kernels_use_the_tables_codes():
-    kernels = pytest.importorskip("bpgpu.backends.numba_kernels", reason="numba is not installed")
+def test_numba_rules_use_the_tables_codes():
+    kernels = pytest.importorskip("bpgpu.backends.numba_rules", reason="numba is not installed")
     assert tuple(ACTIVATIONS[a].code for a in ("sigmoid", "relu", "tanh")) == (
         kernels.SIGMOID,
         kernels.RELU,

@@ -2,8 +2,10 @@
 
 ``REGISTRY`` is the one list of backends: ``get_backend``, ``bpgpu info``, ``bpgpu.ops`` and
 the test suite's backend fixture all follow it. ``auto`` (or the ``BPGPU_BACKEND`` environment
-variable) takes the first engine that can run natively, in the order cupy, numba, numpy; the
-reference and the CPU emulation of the CUDA C kernels are there for tests and teaching.
+variable) takes the first engine that can run natively, in the order cupy, numba, numba-cpu,
+numpy: on a machine without a GPU, numba-cpu where numba is installed (it runs the NumPy
+backend's steps wherever its compiled paths do not pay, by a measured rule), numpy otherwise.
+The reference and the CPU emulation of the CUDA C kernels are there for tests and teaching.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Entry:
 REGISTRY: dict[str, Entry] = {
     "cupy": Entry("bpgpu.backends.cupy_backend:CupyBackend", engine=True),
     "numba": Entry("bpgpu.backends.numba_backend:NumbaBackend", engine=True),
+    "numba-cpu": Entry("bpgpu.backends.numba_cpu:NumbaCpuBackend", engine=True),
     "numpy": Entry("bpgpu.backends.numpy_backend:NumpyBackend", engine=True),
     "cuda-emulated": Entry("bpgpu.backends.cuda_emulated:CudaEmulatedBackend", engine=False),
     "reference": Entry("bpgpu.backends.reference:ReferenceBackend", engine=False),

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -42,6 +43,7 @@ __all__ = [
     "Array",
     "Backend",
     "BackendUnavailableError",
+    "EpochsRun",
     "HostMemory",
     "HostOptimizerState",
     "Network",
@@ -49,6 +51,18 @@ __all__ = [
     "Workspace",
     "check_index_values",
 ]
+
+
+@dataclass
+class EpochsRun:
+    """What ``train_epochs`` did: ``done`` epochs run; ``stats[e]`` epoch e's summed loss and
+    correct count (float64, host); ``starts``: the weights at the start of the last epoch run
+    and of the one before it (where the call ran it), newest first, in MLP's snapshot layout
+    (every W, then every b). Those are the backend's buffers, valid until its next call."""
+
+    done: int
+    stats: np.ndarray
+    starts: list[list[Array]]
 
 
 class BackendUnavailableError(RuntimeError):
@@ -63,6 +77,8 @@ class Backend(ABC):
     #: True for a backend that emulates or simulates a device (the CUDA C kernels run on the
     #: CPU, numba's CUDA simulator): correct, slow, never chosen by ``auto``
     simulated: bool = False
+    #: where its arrays live and its work runs: "cpu" or "gpu"
+    device: str = "cpu"
     #: the most elements one array may hold (the CUDA kernels index with 32-bit integers)
     max_elements: int | None = None
 
@@ -256,6 +272,25 @@ class Backend(ABC):
         """What a step over ``ws.rows`` samples runs inside (the NumPy backend spreads a large
         one across CPU threads); nothing by default."""
         return nullcontext()
+
+    def compiled_epochs(self, layers: list[int], batch: int) -> bool:
+        """Whether ``fit`` should hand this backend whole epochs at once (``train_epochs``) for
+        a network of these layer sizes at this batch size; no backend but numba-cpu does."""
+        return False
+
+    def train_epochs(
+        self,
+        net: Network,
+        ws: Workspace,
+        X: Array,
+        Y: Array,
+        orders: np.ndarray,
+        states: list[OptimizerState],
+    ) -> EpochsRun:
+        """Epochs of training in one call: epoch e over the rows ``orders[e]`` of X and Y in
+        batches of ``ws.rows``, each step as ``train_step`` takes it. Stops after the first
+        epoch whose summed loss is not finite."""
+        raise NotImplementedError(f"the {self.name} backend trains step by step")
 
     def train_step(
         self,

@@ -44,6 +44,7 @@ class CupyBackend(KernelOps):
     """CUDA kernels on CuPy arrays; weights, optimizer state and stats stay on the GPU."""
 
     name = "cupy"
+    device = "gpu"
 
     @classmethod
     def probe(cls) -> None:

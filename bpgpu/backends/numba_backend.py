@@ -26,6 +26,7 @@ def _blocks(n: int, per_block: int) -> int:
 
 class NumbaBackend(Backend):
     name = "numba"
+    device = "gpu"
     max_elements = 2**31 - 1
 
     @classmethod
@@ -209,8 +210,9 @@ class NumbaBackend(Backend):
         flat = [a.reshape(a.size) for a in (P, G, *slots.values())]
         s1 = flat[2] if len(flat) > 2 else dummy
         s2 = flat[3] if len(flat) > 3 else dummy
+        one = P.dtype.type(1)  # and the numbers optimizer_rule reads: lr, wd and five of its own
         self._launch(k.optimizer_step, min(_blocks(P.size, 256), 1024), 256)(
-            flat[0], flat[1], s1, s2, code, *scalars
+            flat[0], flat[1], s1, s2, one, code, *(P.dtype.type(s) for s in scalars[:7])
         )
 
     def _gather_rows(self, src: Array, index: Array, out: Array) -> Array:

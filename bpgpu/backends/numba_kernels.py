@@ -1,11 +1,11 @@
 """numba.cuda kernels of the numba backend: one tiled GEMM with a fused epilogue, the output
 layer with its loss, a deterministic stats reduction, the optimizer step and a row gather.
 
-Every numba import of bpgpu lives here (the backend reaches numba through this module), so a
-move to numba's successor changes one file, and ``import bpgpu`` never loads numba. Kernels
-that need shared memory of the element type are built per dtype. The activation, output, loss
-and optimizer codes are those of the tables (bpgpu/functions.py, bpgpu/optimizers.py), the
-same the CUDA C kernels switch on.
+The numba backend reaches numba through this module only, and ``import bpgpu`` never loads
+numba. Kernels that need shared memory of the element type are built per dtype. The
+elementwise and per-row math (activations, output layer and loss, optimizer rules) is that of
+bpgpu/backends/numba_rules.py, which the compiled CPU path compiles too; its codes are those of
+the tables (bpgpu/functions.py, bpgpu/optimizers.py), the same the CUDA C kernels switch on.
 """
 
 from __future__ import annotations
@@ -19,18 +19,12 @@ import numba
 import numpy as np
 from numba import cuda, float64
 
-from bpgpu.functions import ACTIVATIONS, LOSSES, OUTPUTS
-from bpgpu.optimizers import SGD, Adam, RMSprop
+from bpgpu.backends.numba_rules import compile_rules
 
 NUMBA_VERSION: str = numba.__version__
 #: True on numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1 before numba was first imported)
 SIMULATED: bool = bool(numba.config.ENABLE_CUDASIM)
 
-# the codes, as module constants numba compiles in
-SIGMOID, RELU, TANH = (ACTIVATIONS[a].code for a in ("sigmoid", "relu", "tanh"))
-SOFTMAX_OUT, SIGMOID_OUT = OUTPUTS["softmax"].code, OUTPUTS["sigmoid"].code
-CROSS_ENTROPY, MSE = LOSSES["cross_entropy"].code, LOSSES["mse"].code
-SGD_CODE, RMSPROP_CODE, ADAM_CODE = SGD.code, RMSprop.code, Adam.code
 #: GEMM epilogues: out = act(acc + b) | out = acc * act'(aux) | out = acc
 EPI_FORWARD, EPI_DERIVATIVE, EPI_STORE = 0, 1, 2
 
@@ -40,28 +34,9 @@ THREADS = TILE // REG  # a block is THREADS x THREADS threads
 REDUCE_THREADS = 128
 
 
-@cuda.jit(device=True, inline=True)
-def _act(z, code):
-    # f(z): sigmoid = (1 + tanh(z/2)) / 2 (no overflow), relu, tanh; identity otherwise
-    if code == SIGMOID:
-        return 0.5 * (1.0 + math.tanh(0.5 * z))
-    if code == RELU:
-        return z if z > 0 else 0.0 * z
-    if code == TANH:
-        return math.tanh(z)
-    return z
-
-
-@cuda.jit(device=True, inline=True)
-def _deriv(a, code):
-    # f'(z) from the stored output a = f(z): sigmoid a(1-a), relu [a > 0], tanh 1-a^2, identity 1
-    if code == SIGMOID:
-        return a * (1.0 - a)
-    if code == RELU:
-        return 1.0 if a > 0 else 0.0
-    if code == TANH:
-        return 1.0 - a * a
-    return 1.0
+_rules = compile_rules(cuda.jit(device=True))
+_act, _deriv, _row_output = _rules.activate, _rules.derivative, _rules.row_output
+_row_output_delta, _optimizer_rule = _rules.row_output_delta, _rules.optimizer_rule
 
 
 def _make_gemm(dtype):
@@ -139,29 +114,6 @@ def column_sum(D, out):
         out[j] = s
 
 
-@cuda.jit(device=True)
-def _row_output(Z, i, code, out):
-    # out[i] = output(Z[i]): softmax p_j = e^(z_j - max z) / sum_k e^(z_k - max z), or f(z_j)
-    n = Z.shape[1]
-    if code == SOFTMAX_OUT:
-        mx = Z[i, 0]
-        for j in range(1, n):
-            mx = max(mx, Z[i, j])
-        s = Z[i, 0] * 0
-        for j in range(n):
-            e = math.exp(Z[i, j] - mx)
-            out[i, j] = e
-            s += e
-        for j in range(n):
-            out[i, j] = out[i, j] / s
-    elif code == SIGMOID_OUT:
-        for j in range(n):
-            out[i, j] = _act(Z[i, j], SIGMOID)
-    else:
-        for j in range(n):
-            out[i, j] = Z[i, j]
-
-
 @cuda.jit
 def output_forward(Z, code, out):
     # out = output(Z) row-wise, one thread per row
@@ -172,66 +124,13 @@ def output_forward(Z, code, out):
 
 @cuda.jit
 def output_delta(Z, Y, code, loss, inv_m, A, D, row_stats):
-    # One thread per row i: A = output(Z); per-sample loss into row_stats[i, 0], 1 or 0 for a
-    # right answer into row_stats[i, 1]; D = dL/dZ / m:
-    #   softmax+CE   L = -sum y_j (z_j - max z) + log(s) sum y_j,       D = p - y
-    #   sigmoid+CE   L = sum softplus(z_j) - y_j z_j,                   D = a - y
-    #   mse          L = 1/2 sum (a_j - y_j)^2,  D = J^T (a - y): sigmoid (a-y) a (1-a),
-    #                softmax p * (g - <p, g>) with g = a - y, identity a - y
-    # right: softmax argmax a == argmax y (first maximum); sigmoid every (a > 1/2) == (y > 1/2)
+    # One thread per row i: A = output(Z), D = dL/dZ / m, the sample's loss into row_stats[i, 0]
+    # and 1 or 0 for a right answer into row_stats[i, 1] (numba_rules.row_output_delta)
     i = cuda.grid(1)
-    if i >= Z.shape[0]:
-        return
-    n = Z.shape[1]
-    _row_output(Z, i, code, A)
-    total = float64(0.0)
-    if loss == CROSS_ENTROPY and code == SOFTMAX_OUT:
-        mx = Z[i, 0]
-        for j in range(1, n):
-            mx = max(mx, Z[i, j])
-        s = float64(0.0)
-        ysum = float64(0.0)
-        for j in range(n):
-            s += math.exp(float64(Z[i, j] - mx))
-            ysum += Y[i, j]
-            total -= Y[i, j] * float64(Z[i, j] - mx)
-        total += math.log(s) * ysum
-    elif loss == CROSS_ENTROPY:
-        for j in range(n):
-            z = float64(Z[i, j])
-            total += max(z, 0.0) + math.log1p(math.exp(-abs(z))) - Y[i, j] * z
-    dot = float64(0.0)
-    for j in range(n):
-        g = A[i, j] - Y[i, j]
-        if loss == MSE:
-            total += 0.5 * float64(g) * float64(g)
-            dot += A[i, j] * g
-        D[i, j] = g
-    if loss == MSE:
-        for j in range(n):
-            if code == SIGMOID_OUT:
-                D[i, j] = D[i, j] * A[i, j] * (1 - A[i, j])
-            elif code == SOFTMAX_OUT:
-                D[i, j] = A[i, j] * (D[i, j] - dot)
-    for j in range(n):
-        D[i, j] = D[i, j] * inv_m
-    right = 0.0
-    if code == SOFTMAX_OUT:
-        ba = 0
-        by = 0
-        for j in range(1, n):
-            if A[i, j] > A[i, ba]:
-                ba = j
-            if Y[i, j] > Y[i, by]:
-                by = j
-        right = 1.0 if ba == by else 0.0
-    elif code == SIGMOID_OUT:
-        right = 1.0
-        for j in range(n):
-            if (A[i, j] > 0.5) != (Y[i, j] > 0.5):
-                right = 0.0
-    row_stats[i, 0] = total
-    row_stats[i, 1] = right
+    if i < Z.shape[0]:
+        total, right = _row_output_delta(Z, Y, i, code, loss, inv_m, A, D)
+        row_stats[i, 0] = total
+        row_stats[i, 1] = right
 
 
 @cuda.jit
@@ -259,33 +158,23 @@ def add_stats(row_stats, stats):
 
 
 @cuda.jit
-def optimizer_step(P, G, S1, S2, code, lr, wd, s2, s3, s4, s5, s6, s7):
-    # Elementwise on flat arrays, g = G + wd P (wd = 0 for biases), then the rule of ``code``
-    # with the numbers of Optimizer.kernel_scalars (lr, wd, s2 ...), as kernels/optimizers.cuh:
-    #   sgd      s2 = mu, s3 = nesterov: V = mu V + g;  P -= lr (g + mu V | V | g)
-    #   rmsprop  s2 = rho, s3 = eps:  S = rho S + (1 - rho) g^2;  P -= lr g / (sqrt(S) + eps)
-    #   adam     s2 = b1, s3 = b2, s4 = eps, s5 = lr / (1 - b1^t), s6 = 1 / sqrt(1 - b2^t):
-    #            M = b1 M + (1 - b1) g;  V = b2 V + (1 - b2) g^2;  P -= s5 M / (sqrt(V) s6 + eps)
+def optimizer_step(P, G, S1, S2, one, code, lr, wd, s2, s3, s4, s5, s6):
+    # Elementwise on flat arrays: each parameter's update from its gradient by the rule of
+    # ``code`` (numba_rules.optimizer_rule; wd = 0 for biases); ``one`` and the numbers are in
+    # P's dtype; a slot the rule has no use for is a 1-element dummy, never read or written
+    n = P.shape[0]
+    has1 = S1.shape[0] == n
+    has2 = S2.shape[0] == n
     start, stride = cuda.grid(1), cuda.gridsize(1)
-    for k in range(start, P.shape[0], stride):
-        g = G[k] + wd * P[k]
-        if code == SGD_CODE:
-            step = g
-            if s2 > 0:
-                v = s2 * S1[k] + g
-                S1[k] = v
-                step = g + s2 * v if s3 != 0 else v
-            P[k] -= lr * step
-        elif code == RMSPROP_CODE:
-            s = s2 * S1[k] + (1 - s2) * g * g
-            S1[k] = s
-            P[k] -= lr * g / (math.sqrt(s) + s3)
-        elif code == ADAM_CODE:
-            m = s2 * S1[k] + (1 - s2) * g
-            v = s3 * S2[k] + (1 - s3) * g * g
-            S1[k] = m
-            S2[k] = v
-            P[k] -= s5 * m / (math.sqrt(v) * s6 + s4)
+    for k in range(start, n, stride):
+        a = S1[k] if has1 else P[k] * 0
+        b = S2[k] if has2 else P[k] * 0
+        p, a, b = _optimizer_rule(code, P[k], G[k], a, b, one, lr, wd, s2, s3, s4, s5, s6)
+        P[k] = p
+        if has1:
+            S1[k] = a
+        if has2:
+            S2[k] = b
 
 
 @cuda.jit

@@ -28,6 +28,7 @@ from bpgpu.backends.base import (
 )
 from bpgpu.backends.row_threads import MIN_STEP_ELEMENTS, RowThreads
 from bpgpu.functions import ACTIVATIONS
+from bpgpu.optimizers import Optimizer
 
 #: elements of a row block, its input and output rows together (2 MiB of float32)
 _BLOCK_ELEMENTS = 1 << 19
@@ -178,8 +179,7 @@ class NumpyBackend(HostMemory, Backend):
             for block in _blocks(part, width):
                 z = out[block]
                 np.matmul(X[block], W, out=z)
-                z += bias[: z.shape[0]]
-                _activate(z, activation)
+                self._bias_activate(z, bias[: z.shape[0]], activation)
 
         self.rows.run(rows, m, m * width)
         return out
@@ -252,7 +252,7 @@ class NumpyBackend(HostMemory, Backend):
             for block in _blocks(part, width):
                 d = out[block]
                 np.matmul(D[block], W.T, out=d)
-                _times_derivative(d, A_prev[block], activation)
+                self._times_derivative(d, A_prev[block], activation)
 
         self.rows.run(rows, out.shape[0], out.shape[0] * width)
         return out
@@ -302,13 +302,38 @@ class NumpyBackend(HostMemory, Backend):
         def rows(part: slice) -> None:
             for r in _blocks(part, width, min_rows=1):
                 slots = {k: v[r] for k, v in state.W.items()}
-                opt.apply(W[r], buf.gW[r], slots, buf.tW[r], t, decay=True)
+                self._apply_update(opt, W[r], buf.gW[r], slots, buf.tW[r], t, True)
 
         self.rows.run(rows, W.shape[0], W.shape[0] * width)
-        opt.apply(b, buf.gb, state.b, buf.tb, t, decay=False)
+        self._apply_update(opt, b, buf.gb, state.b, buf.tb, t, False)
         if t % _FLUSH_EVERY == 0:
             for slot in (*state.W.values(), *state.b.values()):
                 _flush(slot)
+
+    # ---- the elementwise passes around the matrix products (a subclass may compile them) ----
+
+    def _bias_activate(self, z: np.ndarray, bias: np.ndarray, activation: str) -> None:
+        """z <- f(z + bias) in place; ``bias`` holds b in each of z's rows (a broadcast view or a
+        block of copies)."""
+        z += bias
+        _activate(z, activation)
+
+    def _times_derivative(self, d: np.ndarray, a: np.ndarray, activation: str) -> None:
+        """d <- d * f'(z) in place, from the stored outputs a = f(z)."""
+        _times_derivative(d, a, activation)
+
+    def _apply_update(
+        self,
+        opt: Optimizer,
+        P: np.ndarray,
+        G: np.ndarray,
+        slots: dict[str, np.ndarray],
+        tmp: np.ndarray,
+        t: int,
+        decay: bool,
+    ) -> None:
+        """Update t of P from its gradient G (Optimizer.apply; G and tmp are scratch)."""
+        opt.apply(P, G, slots, tmp, t, decay=decay)
 
     def _gather_rows(self, src: Array, index: Array, out: Array) -> Array:
         check_index_values(src, index)

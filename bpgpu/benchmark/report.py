@@ -164,8 +164,10 @@ def _table(
 
 
 def _speedup(res: dict) -> str:
-    x = res.get("speedup_vs_torch")
-    return "" if x is None else f" {x:.2f}x"
+    """The speed-up vs PyTorch eager, and for bpgpu's systems vs the fastest peer."""
+    x, peer = res.get("speedup_vs_torch"), res.get("speedup_vs_peer")
+    text = "" if x is None else f" {x:.2f}x"
+    return text + ("" if peer is None else f" / {peer:.2f}x peer")
 
 
 def markdown(report: dict) -> str:

@@ -38,6 +38,9 @@ from bpgpu.optimizers import Optimizer, make_optimizer
 
 TORCH = "torch-eager"
 COMPILED = "torch-compile"  # on a CUDA machine only
+JAX = "jax-jit"  # on the CPU, in a run without GPU systems
+#: the comparisons (never dependencies): ``speedup_vs_peer`` is over the fastest of these
+PEERS = (TORCH, COMPILED, JAX)
 
 #: how the numbers are taken, for the report's settings
 TIMING = (
@@ -100,13 +103,13 @@ class Lineup:
 
     @property
     def gpu(self) -> bool:
-        """Whether any system runs on the GPU (all but NumPy and PyTorch's CPU build do)."""
-        return any(n not in ("numpy", TORCH) for n in self.names)
+        """Whether any bpgpu system of the run is a GPU backend."""
+        return any(get_backend(n).device == "gpu" for n in self.names if n not in PEERS)
 
 
 def choose_systems(only: set[str] | None = None) -> Lineup:
-    """Every bpgpu backend that runs on real hardware, PyTorch eager, and torch.compile when
-    torch sees a GPU; ``only``: just those named."""
+    """Every bpgpu backend that runs on real hardware, PyTorch eager, torch.compile when torch
+    sees a GPU, JAX's jit when there is no GPU backend; ``only``: just those named."""
     names: list[str] = []
     skipped: dict[str, str] = {}
     for b in available_backends():
@@ -119,6 +122,12 @@ def choose_systems(only: set[str] | None = None) -> Lineup:
         names.append(TORCH)
         if sysm.torch_has_cuda():
             names.append(COMPILED)
+    if not any(get_backend(n).device == "gpu" for n in names if n not in PEERS):
+        jax_missing = sysm.jax_status()
+        if jax_missing:
+            skipped[JAX] = jax_missing
+        else:
+            names.append(JAX)
     if only is not None:
         names = [n for n in names if n in only]
         skipped = {k: v for k, v in skipped.items() if k in only}
@@ -190,6 +199,8 @@ def _step_system(
     """A system's training step, warmed up (a compile happens here, outside the numbers)."""
     if name in (TORCH, COMPILED):
         p = sysm.prepare_torch(w, opt, data, seed, "gpu" if gpu else "cpu", name == COMPILED)
+    elif name == JAX:
+        p = sysm.prepare_jax(w, opt, data, seed)
     else:
         p = sysm.prepare_bpgpu(name, w, opt, data, seed)
     warm_up(p, warmup)
@@ -203,6 +214,8 @@ def _fit_system(
     if name in (TORCH, COMPILED):
         device = "gpu" if gpu else "cpu"
         p = sysm.prepare_torch_fit(w, opt, data, seed, device, name == COMPILED, epochs)
+    elif name == JAX:
+        p = sysm.prepare_jax_fit(w, opt, data, seed, epochs)
     else:
         p = sysm.prepare_bpgpu_fit(name, w, opt, data, seed, epochs)
     time_fit(p)
@@ -308,8 +321,12 @@ def _derive(res: Figures, w: Workload, slots: int, ceiling: dict[str, Any]) -> N
 
 
 def _speedups(results: dict[str, Figures], key: str) -> None:
-    """``speedup_vs_torch``: PyTorch eager's ``key`` over each system's (>1: faster)."""
+    """``speedup_vs_torch``: PyTorch eager's ``key`` over each system's (>1: faster);
+    ``speedup_vs_peer``: the fastest peer's (PEERS) over each bpgpu system's."""
     base = results.get(TORCH, {}).get(key)
-    for res in results.values():
+    peers = [results[n][key] for n in PEERS if key in results.get(n, {})]
+    for name, res in results.items():
         if key in res:
             res["speedup_vs_torch"] = base / res[key] if base else None
+            if name not in PEERS:
+                res["speedup_vs_peer"] = min(peers) / res[key] if peers else None

@@ -1,4 +1,5 @@
-"""The systems a benchmark compares: each bpgpu backend, PyTorch eager and torch.compile.
+"""The systems a benchmark compares: each bpgpu backend, PyTorch eager and torch.compile, and
+JAX's ``jit`` on the CPU.
 
 A system turns (workload, optimizer, data) into a ``step(i)`` callable that runs one
 training step on the i-th rotated batch, plus ``sync()`` that waits for queued work; or, for
@@ -12,7 +13,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -132,7 +133,7 @@ def prepare_bpgpu_fit(
 
 
 def _device(backend: str) -> str:
-    return "cpu" if backend == "numpy" else "gpu"
+    return get_backend(backend).device
 
 
 # ---- PyTorch --------------------------------------------------------------------------------
@@ -301,3 +302,171 @@ def prepare_torch_fit(
         return lambda: trainer.fit(data, epochs, seed)
 
     return PreparedFit(fresh, trainer.sync, device)
+
+
+# ---- JAX ----------------------------------------------------------------------------------------
+
+
+def jax_status() -> str | None:
+    """None when jax can be imported, else the reason for the report's row."""
+    return None if importlib.util.find_spec("jax") is not None else "not installed"
+
+
+class JaxTrainer:
+    """The same network and optimizer in JAX, the whole step (gather, forward, loss, gradient,
+    update, statistics) one ``jax.jit`` function on the CPU; the rules are those of
+    bpgpu/optimizers.py written in jax.numpy, float32 throughout."""
+
+    def __init__(self, w: Workload, opt: Optimizer, seed: int) -> None:
+        import jax
+        import jax.numpy as jnp
+
+        self.jax, self.jnp, self.w, self.opt = jax, jnp, w, opt
+        acts = {
+            "relu": jax.nn.relu,
+            "sigmoid": jax.nn.sigmoid,
+            "tanh": jnp.tanh,
+            "identity": lambda z: z,
+        }
+        act = acts[w.activation]
+        self.initial = [
+            (jnp.asarray(W, jnp.float32), jnp.asarray(b, jnp.float32))
+            for W, b in initial_weights(w.layers, [w.activation] * (len(w.layers) - 2), seed)
+        ]
+
+        def loss_of(params, x, y):
+            a = x
+            for W, b in params[:-1]:
+                a = act(a @ W + b)
+            z = a @ params[-1][0] + params[-1][1]
+            if w.output == "softmax":
+                lp = jax.nn.log_softmax(z)
+                loss = -jnp.mean(jnp.take_along_axis(lp, y[:, None], axis=1))
+                correct = jnp.sum(jnp.argmax(z, axis=1) == y)
+            elif w.output == "sigmoid":
+                loss = jnp.mean(jnp.sum(jax.nn.softplus(z) - y * z, axis=1))
+                correct = jnp.sum(jnp.all((z > 0) == (y > 0.5), axis=1))
+            else:
+                loss = 0.5 * jnp.mean(jnp.sum((z - y) ** 2, axis=1))
+                correct = jnp.zeros((), jnp.int32)
+            return loss, correct
+
+        rule = _jax_rule(opt, jnp)
+
+        def step(params, state, t, stats, X, Y, ix):
+            x, y = X[ix], Y[ix]
+            (loss, correct), grads = jax.value_and_grad(loss_of, has_aux=True)(params, x, y)
+            params, state = rule(params, grads, state, t)
+            stats = stats + jnp.array([loss * len(ix), correct], jnp.float32)
+            return params, state, stats
+
+        self.step_fn = jax.jit(step, donate_argnums=(0, 1, 3))
+        self.reset()
+
+    def reset(self) -> None:
+        """The initial weights again, zero optimizer state and statistics, update count 0."""
+        jnp = self.jnp
+        self.params = [(W.copy(), b.copy()) for W, b in self.initial]
+        self.state = [
+            tuple((jnp.zeros_like(W), jnp.zeros_like(b)) for _ in range(2)) for W, b in self.params
+        ]
+        self.t = 0
+        self.stats = jnp.zeros(2, jnp.float32)
+
+    def device_data(self, data: Data) -> tuple[Any, Any]:
+        """X and the targets as JAX arrays: class indices for softmax, else 0/1 rows."""
+        jnp, k = self.jnp, self.w.layers[-1]
+        labels = _labels(self.w, data)
+        if self.w.output == "softmax":
+            targets = jnp.asarray(labels.astype(np.int32))
+        elif k == 1:
+            targets = jnp.asarray(labels.astype(np.float32).reshape(-1, 1))
+        else:
+            targets = jnp.asarray(np.eye(k, dtype=np.float32)[labels])
+        return jnp.asarray(data.X), targets
+
+    def step(self, X: Any, Y: Any, ix: Any) -> None:
+        self.t += 1
+        self.params, self.state, self.stats = self.step_fn(
+            self.params, self.state, self.t, self.stats, X, Y, ix
+        )
+
+    def fit(self, data: Data, epochs: int, seed: int) -> None:
+        """What ``MLP.fit`` does: a shuffle each epoch from ``seed``, minibatches in order (the
+        last one shorter, its own compiled shape), the statistics read back each epoch."""
+        X, Y = self.device_data(data)
+        order = np.arange(len(data.labels), dtype=np.int32)
+        rng = np.random.default_rng(seed)
+        for _ in range(epochs):
+            rng.shuffle(order)
+            index = self.jnp.asarray(order)
+            self.stats = self.jnp.zeros(2, self.jnp.float32)
+            for start in range(0, len(order), self.w.batch):
+                self.step(X, Y, index[start : start + self.w.batch])
+            np.asarray(self.stats)
+
+    def sync(self) -> None:
+        self.jax.block_until_ready(self.params)
+
+    def state_arrays(self) -> list[np.ndarray]:
+        return [np.asarray(a) for layer in self.state for pair in layer for a in pair]
+
+
+def _jax_rule(opt: Optimizer, jnp: Any) -> Callable[..., Any]:
+    """``opt``'s update in jax.numpy: (params, grads, state, t) -> (params, state), each layer's
+    state two (W, b) pairs of slots; weight decay on the weights only, as bpgpu's."""
+    from bpgpu.optimizers import SGD, Adam, RMSprop
+
+    def per_tensor(p, g, s1, s2, t, decay):
+        if decay and opt.weight_decay:
+            g = g + opt.weight_decay * p
+        lr = opt.lr_at(1)
+        if isinstance(opt, SGD):
+            if opt.momentum:
+                s1 = opt.momentum * s1 + g
+                g = g + opt.momentum * s1 if opt.nesterov else s1
+            return p - lr * g, s1, s2
+        if isinstance(opt, RMSprop):
+            s1 = opt.rho * s1 + (1 - opt.rho) * g * g
+            return p - lr * g / (jnp.sqrt(s1) + opt.eps), s1, s2
+        if isinstance(opt, Adam):
+            s1 = opt.beta1 * s1 + (1 - opt.beta1) * g
+            s2 = opt.beta2 * s2 + (1 - opt.beta2) * g * g
+            m_hat = s1 / (1 - opt.beta1**t)
+            v_hat = s2 / (1 - opt.beta2**t)
+            return p - lr * m_hat / (jnp.sqrt(v_hat) + opt.eps), s1, s2
+        raise ValueError(f"no JAX rule for {type(opt).__name__}")
+
+    def rule(params, grads, state, t):
+        new_params, new_state = [], []
+        for (W, b), (gW, gb), ((s1W, s1b), (s2W, s2b)) in zip(params, grads, state, strict=True):
+            W, s1W, s2W = per_tensor(W, gW, s1W, s2W, t, True)
+            b, s1b, s2b = per_tensor(b, gb, s1b, s2b, t, False)
+            new_params.append((W, b))
+            new_state.append(((s1W, s1b), (s2W, s2b)))
+        return new_params, new_state
+
+    return rule
+
+
+def prepare_jax(w: Workload, opt: Optimizer, data: Data, seed: int) -> Prepared:
+    """A JaxTrainer's step on the rotated batches, data already in JAX arrays."""
+    trainer = JaxTrainer(w, opt, seed)
+    X, Y = trainer.device_data(data)
+    index = [trainer.jnp.asarray(ix.astype(np.int32)) for ix in data.index]
+
+    def step(i: int) -> None:
+        trainer.step(X, Y, index[i % len(index)])
+
+    return Prepared(step, trainer.sync, trainer.state_arrays, "cpu")
+
+
+def prepare_jax_fit(w: Workload, opt: Optimizer, data: Data, seed: int, epochs: int) -> PreparedFit:
+    """A JaxTrainer's fit; one trainer throughout, reset each time, so it compiles once."""
+    trainer = JaxTrainer(w, opt, seed)
+
+    def fresh() -> Callable[[], None]:
+        trainer.reset()
+        return lambda: trainer.fit(data, epochs, seed)
+
+    return PreparedFit(fresh, trainer.sync, "cpu")

@@ -71,10 +71,12 @@ def parse_workload(text: str) -> Workload:
     return Workload(layers, batch, activation, output)
 
 
-#: the standard report: from launch-bound (MNIST-shaped) to GEMM-bound
+#: the standard report: from per-sample SGD (the tutorials') and launch-bound (MNIST-shaped)
+#: to GEMM-bound
 DEFAULT = [
     parse_workload(s)
     for s in (
+        "64-32-16-10:1:sigmoid:softmax",
         "784-512-10:256:relu:softmax",
         "784-784-512-10:256:relu:softmax",
         "64-32-16-10:4096:sigmoid:softmax",
@@ -84,12 +86,14 @@ DEFAULT = [
     )
 ]
 
-#: the NumPy backend against PyTorch's CPU build, small to GEMM-bound (--suite cpu-compare,
-#: as bench/compare_torch_cpu.py runs it)
+#: the CPU backends against PyTorch's CPU build and JAX, per-sample to GEMM-bound (--suite
+#: cpu-compare, as bench/compare_torch_cpu.py runs it)
 CPU_COMPARE = [
     parse_workload(s)
     for s in (
+        "64-32-16-10:1:sigmoid:softmax",
         "784-512-10:256:relu:softmax",
+        "784-784-512-10:256:relu:softmax",
         "64-32-16-10:4096:sigmoid:softmax",
         "1024-1024-1024-10:1024:relu:softmax",
         "64-64-64-64-2:65536:relu:softmax",
