@@ -1,5 +1,6 @@
 """numba.cuda kernels of the numba backend: one tiled GEMM with a fused epilogue, the output
-layer with its loss, a deterministic stats reduction, the optimizer step and a row gather.
+layer with its loss, a deterministic stats reduction, the optimizer step, a scaling and a row
+gather.
 
 Every numba import of bpgpu lives here (the backend reaches numba through this module), so a
 move to numba's successor changes one file, and ``import bpgpu`` never loads numba. Kernels
@@ -286,6 +287,13 @@ def optimizer_step(P, G, S1, S2, code, lr, wd, s2, s3, s4, s5, s6, s7):
             S1[k] = m
             S2[k] = v
             P[k] -= s5 * m / (math.sqrt(v) * s6 + s4)
+
+
+@cuda.jit
+def scale(a, factor):
+    # a *= factor, elementwise on a flat array, grid-stride
+    for k in range(cuda.grid(1), a.shape[0], cuda.gridsize(1)):
+        a[k] *= factor
 
 
 @cuda.jit
