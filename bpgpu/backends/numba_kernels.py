@@ -323,6 +323,16 @@ def check_compiler() -> None:
     cuda.compile_ptx(touch, (numba.float32[:],), cc=(8, 0))
 
 
+def select_device(index: int) -> int | None:
+    """Make GPU ``index % count`` numba's current device (a data-parallel process's GPU from
+    its rank on the node); None on the simulator or without GPUs."""
+    if SIMULATED or not cuda.is_available():
+        return None
+    device = index % len(cuda.gpus)
+    cuda.select_device(device)
+    return device
+
+
 def _interface_configs() -> list:
     """The config objects whose CUDA_ARRAY_INTERFACE_SYNC numba reads when it imports an array
     through ``__cuda_array_interface__`` (numba.core.config in current numba-cuda)."""
