@@ -589,6 +589,65 @@ def test_train_steps(xp, case, rng, classes, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_data_parallel_steps(xp, case, rng, dtype):
+    """The step of data-parallel training on this backend, in a World of one process
+    (MPI.COMM_SELF): every layer's gradient into one flat buffer, its all-reduce through the
+    backend's communicator (MPI for host arrays, host staging for device arrays here), then
+    ``apply_gradients``; three steps against the reference's train_step."""
+    MPI = pytest.importorskip("mpi4py.MPI", reason="mpi4py is not installed")
+    from bpgpu import distributed
+    from bpgpu.distributed.data_parallel import DataParallel
+
+    world = distributed.init(MPI.COMM_SELF, select_device=False, abort_on_error=False)
+    sizes = [5, 3, 4] if case.size == "tiny" else [7, 33, 5, 70]
+    X, Y = random(rng, (40, sizes[0]), dtype), targets(rng, "softmax", 40, sizes[-1])
+    params = [
+        (random(rng, (p, q), dtype, 0.5), random(rng, (q,), dtype, 0.1))
+        for p, q in itertools.pairwise(sizes)
+    ]
+    acts = ["relu", "tanh"][: len(sizes) - 2]
+    runs = {}
+    for be, d in ((xp, dtype), (REF, F64), (REF, F32)):
+        net = Network(
+            [be.asarray(W, d) for W, _ in params],
+            [be.asarray(b, d) for _, b in params],
+            acts,
+            "softmax",
+            "cross_entropy",
+        )
+        states = [
+            be.optimizer_state(RMSprop(lr=0.01, weight_decay=0.01), W, b)
+            for W, b in zip(net.W, net.b, strict=True)
+        ]
+        stats, Xd, Yd = be.zeros((2,), F64), be.asarray(X, d), be.asarray(Y, d)
+        index = be.asarray(np.arange(40)[::-1].copy(), np.dtype(np.int64))
+        parallel = DataParallel(world, be, net, d) if be is xp else None
+        for start, stop in ((0, 13), (13, 26), (26, 40)):
+            if parallel is not None:
+                workspace = lambda rows, be=be, d=d: be.workspace(sizes, rows, d)  # noqa: E731
+                parallel.step(net, workspace, Xd, Yd, index, start, stop, states, stats, False)
+            else:
+                ws = be.workspace(sizes, stop - start, d)
+                be.train_step(net, ws, Xd, Yd, index[start:stop], states, stats)
+        runs[be is xp, d] = ([be.to_host(W) for W in net.W], be.to_host(stats))
+    (gotW, got_stats), (W64, s64) = runs[True, dtype], runs[False, F64]
+    W32, s32 = runs[False, F32]
+    f32 = dtype == F32
+    for l, (g, r) in enumerate(zip(gotW, W64, strict=True)):
+        assert_close(g, r, W32[l] if f32 else None, dtype, f"W{l + 1}", 14)
+    check_stats(got_stats, s64, s32 if f32 else None, dtype, "data-parallel step", 40 * sizes[-1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_scale(xp, rng, dtype):
+    """The in-place scaling of a flat buffer (uneven shards of data-parallel training)."""
+    host = random(rng, (1000,) if xp.name != "numba" else (37,), dtype)
+    a = xp.asarray(host, dtype)
+    xp._scale(a, 33 / 32)
+    np.testing.assert_array_equal(xp.to_host(a), (host.astype(dtype) * dtype.type(33 / 32)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize(
     "optimizer",
     [
