@@ -320,7 +320,8 @@ def _train(args: argparse.Namespace, world: dist.World | None) -> int:
         )
     except KeyboardInterrupt as exc:  # bpgpu.TrainingInterrupted says where it stopped
         interrupted = True
-        print(f"bpgpu: {exc or 'interrupted before training began'}", file=sys.stderr)
+        if world is None or world.is_root:
+            print(f"bpgpu: {exc or 'interrupted before training began'}", file=sys.stderr)
     seconds = time.perf_counter() - start
     history = net.history or History(backend=net.backend.name)
     _report(net, data, history, seconds)
