@@ -228,6 +228,56 @@ def test_mpiexec_bpgpu_train(tmp_path):
     assert not list(tmp_path.glob(".*.tmp")), "a half-written file was left behind"
 
 
+XOR = ["train", "--dataset", "xor", "--layers", "2-4-2", "--batch-size", "1", "--verbose", "0",
+       "--backend", "numpy", "--dtype", "float64"]  # fmt: skip
+
+
+def _bpgpu_under_mpiexec(*args: str) -> list[str]:
+    assert MPIEXEC is not None
+    return [MPIEXEC, "-n", "2", str(Path(sys.executable).parent / "bpgpu"), *XOR, *args]
+
+
+@needs_mpi
+def test_a_distributed_run_resumes_exactly(tmp_path):
+    """3 epochs with a checkpoint, then resumed to 6 under mpiexec: the model equals 6
+    epochs never interrupted, bit for bit."""
+    assert_ok(run(_bpgpu_under_mpiexec("--epochs", "3", "--checkpoint", "c.npz"), cwd=tmp_path))
+    resumed = ["--epochs", "6", "--resume", "c.npz", "--save", "resumed.npz"]
+    assert_ok(run(_bpgpu_under_mpiexec(*resumed), cwd=tmp_path))
+    assert_ok(run(_bpgpu_under_mpiexec("--epochs", "6", "--save", "whole.npz"), cwd=tmp_path))
+    resumed_weights = bpgpu.load(tmp_path / "resumed.npz").get_weights()
+    for (W, b), (Ww, bw) in zip(
+        resumed_weights, bpgpu.load(tmp_path / "whole.npz").get_weights(), strict=True
+    ):
+        np.testing.assert_array_equal(W, Ww)
+        np.testing.assert_array_equal(b, bw)
+
+
+@needs_mpi
+def test_ctrl_c_stops_every_rank_after_the_same_step(tmp_path):
+    """Ctrl-C to mpiexec (which passes it to both ranks): both stop after the same step (the
+    flag rides in the gradient allreduce), rank 0 writes the checkpoint and reports, and the
+    job ends with status 130 instead of hanging in a collective."""
+    cmd = _bpgpu_under_mpiexec("--epochs", "1000000", "--checkpoint", "c.npz")
+    with subprocess.Popen(
+        cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    ) as proc:  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "c.npz").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            pytest.fail(f"the job hung after Ctrl-C:\n{out[-2000:]}\n{err[-2000:]}")
+    assert proc.returncode == 130, out[-2000:] + err[-2000:]
+    assert err.count("bpgpu: training interrupted in epoch") == 1, err[-2000:]
+    assert out.count("test accuracy:") == 1
+
+
 @needs_mpi
 def test_without_mpiexec_one_process(tmp_path):
     """Started without mpiexec, init() is a World of one and fit(distributed=True) is the
