@@ -62,7 +62,7 @@ class World:
     """The processes of one data-parallel job: an MPI communicator, this process's rank and
     its place on its node, and a communicator per backend (made on first use)."""
 
-    def __init__(self, comm: Any, device: int | None = None) -> None:
+    def __init__(self, comm: Any) -> None:
         MPI = _mpi()
         self.comm = comm
         self.rank: int = comm.Get_rank()
@@ -73,7 +73,8 @@ class World:
         self.local_size: int = local.Get_size()
         local.Free()
         #: the GPU this process uses (None: no GPU, or not chosen here)
-        self.device = device
+        self.device: int | None = None
+        # by id(backend), the backend kept with its communicator so that its id stays its own
         self._communicators: dict[int, tuple[Backend, Communicator]] = {}
 
     def __repr__(self) -> str:

@@ -117,14 +117,10 @@ class NCCLCommunicator(Communicator):
         """(device pointer, element count, NCCL datatype, stream) of a CuPy array."""
         import cupy
 
-        types = {
-            np.dtype(np.float32): nccl.NCCL_FLOAT32,
-            np.dtype(np.float64): nccl.NCCL_FLOAT64,
-            np.dtype(np.int64): nccl.NCCL_INT64,
-        }
+        types = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}
         dtype = np.dtype(buf.dtype)
         if dtype not in types:
-            raise TypeError(f"NCCL collectives here take float32, float64 or int64; got {dtype}")
+            raise TypeError(f"NCCL collectives here take float32 or float64; got {dtype}")
         ptr = int(buf.__cuda_array_interface__["data"][0])
         return ptr, int(buf.size), types[dtype], int(cupy.cuda.get_current_stream().ptr)
 
