@@ -774,7 +774,8 @@ class MLP:
         if self.is_classifier:
             figures["accuracy"] = float(correct) / run.n
         if run.held_out is not None:
-            val_loss, val_acc = self._evaluate(*run.held_out, run.parallel)
+            parallel = () if run.parallel is None else (run.parallel,)
+            val_loss, val_acc = self._evaluate(*run.held_out, *parallel)
             figures["val_loss"] = val_loss
             if self.is_classifier:
                 figures["val_accuracy"] = val_acc
