@@ -5,11 +5,16 @@ User errors (bad arguments, missing data or extras, a backend that cannot run) p
 ``bpgpu: error: ...`` to stderr and return 2, without a traceback. Ctrl-C during training
 stops after the step in progress, says where, still writes ``--save`` and ``--plot`` (and the
 checkpoint) of the model as it stands, and returns 130, as shells do for an interrupt.
+
+Started by an MPI launcher (``mpiexec -n N bpgpu train ...``), ``train`` trains data-parallel
+over the N processes (bpgpu.distributed): only rank 0 prints and writes files, and an error on
+any rank ends the whole job with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import sys
@@ -22,6 +27,7 @@ import numpy as np
 
 import bpgpu
 from bpgpu import datasets, serialization
+from bpgpu import distributed as dist
 from bpgpu.backends import REGISTRY, BackendUnavailableError, get_backend
 from bpgpu.files import write_bytes
 from bpgpu.functions import ACTIVATIONS, OUTPUTS
@@ -251,6 +257,15 @@ def _check_writable(option: str, path: str | None) -> None:
 
 
 def train(args: argparse.Namespace) -> int:
+    """Under an MPI launcher, over every process of the job, rank 0 alone printing."""
+    world = dist.init() if dist.launched_by_mpi() else None
+    if world is not None and not world.is_root:
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            return _train(args, world)
+    return _train(args, world)
+
+
+def _train(args: argparse.Namespace, world: dist.World | None) -> int:
     _check_writable("--save", args.save)
     _check_writable("--plot", args.plot)
     plt = _pyplot() if args.plot else None
@@ -276,9 +291,11 @@ def train(args: argparse.Namespace) -> int:
         seed=args.seed,
         init=args.init,
     )
+    processes = "" if world is None or world.size == 1 else f", {world.size} processes"
     print(
         f"{data.name}: {len(data.y_train)} training, {len(data.y_test)} test samples; "
-        f"layers {'-'.join(map(str, layers))} on backend {net.backend.name} ({args.dtype})"
+        f"layers {'-'.join(map(str, layers))} on backend {net.backend.name} ({args.dtype}"
+        f"{processes})"
     )
     if args.resume:
         saved = serialization.read_checkpoint(args.resume)
@@ -299,14 +316,17 @@ def train(args: argparse.Namespace) -> int:
             checkpoint=args.checkpoint,
             checkpoint_every=args.checkpoint_every,
             resume=args.resume,
+            distributed=world,
         )
     except KeyboardInterrupt as exc:  # bpgpu.TrainingInterrupted says where it stopped
         interrupted = True
-        print(f"bpgpu: {exc or 'interrupted before training began'}", file=sys.stderr)
+        if world is None or world.is_root:
+            print(f"bpgpu: {exc or 'interrupted before training began'}", file=sys.stderr)
     seconds = time.perf_counter() - start
     history = net.history or History(backend=net.backend.name)
     _report(net, data, history, seconds)
-    _write_outputs(args, plt, net, history, f"{data.name} {'-'.join(map(str, layers))}")
+    if world is None or world.is_root:
+        _write_outputs(args, plt, net, history, f"{data.name} {'-'.join(map(str, layers))}")
     return INTERRUPTED if interrupted else 0
 
 
@@ -413,4 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         FloatingPointError,
     ) as exc:
         print(f"bpgpu: error: {exc}", file=sys.stderr)
+        world = dist.current()
+        if world is not None and world.size > 1:
+            world.abort(2)  # the other ranks may be waiting for this one in a collective
         return 2

@@ -19,6 +19,7 @@ from typing import Any, NoReturn, TextIO
 
 import numpy as np
 
+from bpgpu import distributed as dist
 from bpgpu import explain, initializers, serialization
 from bpgpu.archive import ModelFileError
 from bpgpu.backends import get_backend
@@ -29,6 +30,7 @@ from bpgpu.backends.base import (
     OptimizerState,
     Workspace,
 )
+from bpgpu.distributed.data_parallel import DataParallel
 from bpgpu.functions import (
     ACTIVATIONS,
     OUTPUTS,
@@ -272,22 +274,31 @@ class MLP:
 
     # ---- evaluation -----------------------------------------------------------------------------
 
-    def _in_batches(self, n: int, run: Callable[[Workspace, Array, slice], None]) -> None:
-        """``run(ws, index, rows)`` for each evaluation batch of n samples, in order: ``rows``
-        the batch's slice of the samples, ``index`` the same rows on the device, ``ws`` the
-        workspace of the batch's size."""
+    def _in_batches(
+        self, n: int, run: Callable[[Workspace, Array, slice], None], part: range | None = None
+    ) -> None:
+        """``run(ws, index, rows)`` for each evaluation batch of n samples (of the samples
+        ``part`` only, when given), in order: ``rows`` the batch's slice of the samples,
+        ``index`` the same rows on the device, ``ws`` the workspace of the batch's size."""
         xp = self.backend
+        part = range(n) if part is None else part
         index = xp.asarray(np.arange(n, dtype=np.int64), np.dtype(np.int64))
-        for start in range(0, n, EVAL_BATCH):
-            rows = slice(start, min(start + EVAL_BATCH, n))
+        for start in range(part.start, part.stop, EVAL_BATCH):
+            rows = slice(start, min(start + EVAL_BATCH, part.stop))
             run(self._workspace(rows.stop - start), index[rows], rows)
 
-    def _evaluate(self, X: Array, Y: Array, n: int) -> tuple[float, float]:
-        """Mean loss and fraction correct over n samples on the device, without updating."""
+    def _evaluate(
+        self, X: Array, Y: Array, n: int, parallel: DataParallel | None = None
+    ) -> tuple[float, float]:
+        """Mean loss and fraction correct over n samples on the device, without updating; in
+        a data-parallel fit, each rank evaluates its share and the sums are all-reduced."""
         xp, stats = self.backend, self._stats()
+        part = None if parallel is None else range(*parallel.shard(0, n))
         self._in_batches(
-            n, lambda ws, index, _: xp.evaluate_step(self._net, ws, X, Y, index, stats)
+            n, lambda ws, index, _: xp.evaluate_step(self._net, ws, X, Y, index, stats), part
         )
+        if parallel is not None:
+            parallel.reduce_stats(stats)
         total, correct = xp.to_host(stats)
         return float(total) / n, float(correct) / n
 
@@ -400,6 +411,7 @@ class MLP:
         checkpoint_every: int = 1,
         resume: str | os.PathLike | None = None,
         reset: bool = False,
+        distributed: bool | dist.World | None = None,
     ) -> History:
         """Train by minibatch backpropagation; returns the per-epoch History (also kept as
         ``self.history``).
@@ -425,6 +437,13 @@ class MLP:
         exactly where it stopped, as if it had never been interrupted, on the same data with the
         same settings (``epochs`` counts from the run's start; raise it to train longer).
 
+        ``distributed`` trains data-parallel over MPI ranks (``mpiexec -n N``): True for
+        ``bpgpu.distributed.init()``'s World, or a World. Every rank passes the same data and
+        settings; each global batch of ``batch_size`` samples is split across the ranks, their
+        gradients all-reduced in one buffer, and every rank applies the same step: the result
+        equals one process on the same batches, to rounding. Only rank 0 shows progress and
+        writes the checkpoint. With one rank (no mpiexec) it is the ordinary fit.
+
         Ctrl-C stops after the step in progress with TrainingInterrupted (a KeyboardInterrupt):
         the model keeps that step's weights and optimizer state, and the History so far. A loss
         that turns NaN or infinite raises TrainingDivergedError: the model keeps the weights of
@@ -437,6 +456,7 @@ class MLP:
             checkpoint, checkpoint_every, resume, reset,
         )  # fmt: skip
         check_validation_arguments(validation_split, validation_data, validation_mode)
+        world = dist.resolve(distributed)
         data = self._fit_data(
             X, y, validation_split, validation_data, validation_mode, settings.seed
         )
@@ -455,7 +475,7 @@ class MLP:
             with InterruptGuard() as guard, np.errstate(over="ignore", invalid="ignore"):
                 # (a loss overflowing on its way to divergence raises TrainingDivergedError,
                 # not warnings)
-                run = self._start_run(settings, data, opt, continuing, saved, record, before)
+                run = self._start_run(settings, data, opt, continuing, saved, record, before, world)
                 run.guard = guard
                 self._train(run)
         except (TrainingDivergedError, TrainingInterrupted):
@@ -603,9 +623,11 @@ class MLP:
         saved: serialization.SavedCheckpoint | None,
         record: serialization.RunRecord | None,
         before: ModelState,
+        world: dist.World | None,
     ) -> Run:
         """The data on the device, the optimizer state (continued, fresh or the checkpoint's)
-        and the loop's position; from here on the model holds this run's optimizer and History."""
+        and the loop's position (in a data-parallel fit, rank 0's on every rank); from here on
+        the model holds this run's optimizer and History."""
         xp = self.backend
         states = self._states if continuing and self._states else []
         if not states:
@@ -636,16 +658,39 @@ class MLP:
         )
         if saved is not None:
             self._resume(run, saved)
+        if world is not None:
+            run.parallel = DataParallel(world, xp, self._net, self.dtype)
+            run.parallel.start(
+                self._net, states, self._agreed(settings, data), run.rng, run.order, run.stats
+            )
         self._optimizer, self._states, self.history = opt, states, run.history
         run.kept = [(run.epochs_done, self._snapshot())]
         steps = -(-n // settings.batch_size)
         run.progress = Progress(
-            settings.verbose,
+            settings.verbose if run.parallel is None or run.parallel.is_root else 0,
             settings.epochs,
             steps,
             done=run.epochs_done * steps + run.batches_done,
         )
         return run
+
+    def _agreed(self, settings: FitSettings, data: FitData) -> np.ndarray:
+        """What every rank of a data-parallel fit must agree on, as int64 numbers: the
+        network, the dtype, the settings that shape the loop, and the data's digest."""
+        arrays = [data.X, data.Y, *(data.val or ())]
+        digest = np.frombuffer(bytes.fromhex(data_digest(*arrays)), dtype=np.int64)
+        return np.array(
+            [
+                *self.layers,
+                self.dtype.itemsize,
+                settings.epochs,
+                settings.batch_size,
+                settings.shuffle,
+                -1 if settings.patience is None else settings.patience,
+                *digest,
+            ],
+            dtype=np.int64,
+        )
 
     def _resume(self, run: Run, saved: serialization.SavedCheckpoint) -> None:
         """``run`` and the model <- where the checkpoint's run stood."""
@@ -747,12 +792,20 @@ class MLP:
         index = xp.asarray(run.order, np.dtype(np.int64))
         for start in range(run.batches_done * settings.batch_size, run.n, settings.batch_size):
             stop = min(start + settings.batch_size, run.n)
-            ws = self._workspace(stop - start)
-            xp.train_step(self._net, ws, run.X, run.Y, index[start:stop], run.states, run.stats)
+            if run.parallel is None:
+                ws = self._workspace(stop - start)
+                xp.train_step(self._net, ws, run.X, run.Y, index[start:stop], run.states, run.stats)
+            else:
+                run.parallel.step(
+                    self._net, self._workspace, run.X, run.Y, index, start, stop,
+                    run.states, run.stats, run.guard.requested,
+                )  # fmt: skip
             run.batches_done += 1
             run.progress.step()
-            if run.guard.requested:
+            if run.stop_requested():
                 self._interrupted(run)
+        if run.parallel is not None:
+            run.parallel.reduce_stats(run.stats)
 
     def _end_epoch(self, run: Run, epoch: int) -> bool:
         """Record a finished epoch (or raise on divergence), keep its weights, write the
@@ -771,7 +824,7 @@ class MLP:
         ):
             self._write_checkpoint(run)
         run.progress.epoch_end(epoch, figures)
-        if run.guard.requested:
+        if run.stop_requested():
             self._interrupted(run)
         return stop
 
@@ -786,7 +839,8 @@ class MLP:
         if self.is_classifier:
             figures["accuracy"] = float(correct) / run.n
         if run.held_out is not None:
-            val_loss, val_acc = self._evaluate(*run.held_out)
+            parallel = () if run.parallel is None else (run.parallel,)
+            val_loss, val_acc = self._evaluate(*run.held_out, *parallel)
             figures["val_loss"] = val_loss
             if self.is_classifier:
                 figures["val_accuracy"] = val_acc
@@ -828,6 +882,8 @@ class MLP:
     def _interrupted(self, run: Run) -> NoReturn:
         """Ctrl-C between steps: the checkpoint written (when asked for), then
         TrainingInterrupted; the model keeps the last step's weights and optimizer state."""
+        if run.parallel is not None and run.batches_done:
+            run.parallel.reduce_stats(run.stats)  # the epoch so far, of the whole job
         if run.settings.checkpoint is not None:
             self._write_checkpoint(run)
         self.backend.synchronize()
@@ -854,6 +910,8 @@ class MLP:
         xp, path, record = self.backend, run.settings.checkpoint, run.record
         if path is None or record is None:
             return
+        if run.parallel is not None and not run.parallel.is_root:
+            return  # rank 0 writes the job's checkpoint
         total, correct = xp.to_host(run.stats)
         run.history.wall_time = run.elapsed()
         best = run.stopping

@@ -12,6 +12,7 @@ first argument is one. Outputs are allocated unless ``out`` is given.
     D1 = ops.delta_backward(D2, W2, A1, activation="relu")      # (D2 @ W2.T) * f'(A1)
     state = ops.optimizer_state(bpgpu.Adam(), W1, b1)
     ops.weight_update(X, D1, W1, b1, state)                     # W1, b1 updated in place
+    ops.optimizer_step(W1, b1, dW1, db1, state)                 # the same from given gradients
 
 This module only finds the backend, brings host arrays to it and allocates outputs; the
 backend's public ops check everything (bpgpu/backends/checks.py).
@@ -33,6 +34,7 @@ __all__ = [
     "delta_backward",
     "dense_forward",
     "optimizer_state",
+    "optimizer_step",
     "output_delta",
     "output_forward",
     "weight_gradient",
@@ -241,3 +243,20 @@ def weight_update(
     xp = _backend_for(W, backend)
     a = _prepare(xp, in_place=("W", "b"), A_prev=A_prev, D=D, W=W, b=b)
     xp.weight_update(a["A_prev"], a["D"], a["W"], a["b"], state)
+
+
+def optimizer_step(
+    W: Array,
+    b: Array,
+    dW: Array,
+    db: Array,
+    state: OptimizerState,
+    *,
+    backend: str | Backend | None = None,
+) -> None:
+    """One optimizer step on W (k, n) and b (n,) in place from the gradients dW (k, n) and
+    db (n,), which stay as they were (``weight_update`` with the gradient computed elsewhere,
+    for example summed over processes)."""
+    xp = _backend_for(W, backend)
+    a = _prepare(xp, in_place=("W", "b"), W=W, b=b, dW=dW, db=db)
+    xp.optimizer_step(a["W"], a["b"], a["dW"], a["db"], state)

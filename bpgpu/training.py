@@ -30,6 +30,7 @@ from bpgpu.serialization import RunRecord, SavedCheckpoint, SavedModel
 from bpgpu.validation import check_int
 
 if TYPE_CHECKING:
+    from bpgpu.distributed.data_parallel import DataParallel
     from bpgpu.model import EarlyStopping
 
 #: inputs larger than this in magnitude are named as the likely cause of a divergence
@@ -333,10 +334,17 @@ class Run:
     progress: Progress = field(default_factory=lambda: Progress(0, 0, 0))
     wall_before: float = 0.0
     started: float = field(default_factory=time.perf_counter)
+    #: this rank's part of a data-parallel fit (None: one process)
+    parallel: DataParallel | None = None
 
     def elapsed(self) -> float:
         """Training time of the whole run, the part before a resume included."""
         return self.wall_before + time.perf_counter() - self.started
+
+    def stop_requested(self) -> bool:
+        """Whether Ctrl-C asks the loop to stop: this process's, or in a data-parallel fit
+        any rank's by the last step (so that every rank stops after the same step)."""
+        return self.guard.requested if self.parallel is None else self.parallel.stop_requested
 
 
 def finite_or_none(value: float) -> float | None:

@@ -14,6 +14,10 @@
 //     rows [z * rows_per_split, (z + 1) * rows_per_split) into partW[z] (k, n), partb[z] (n,).
 //   weight_finish_<opt>_<f32|f64>: grid ceil((k * n + n) / ELEMENT_THREADS) (capped; grid-stride),
 //     ELEMENT_THREADS threads; sums the splits in order z = 0, 1, ... (deterministic: no atomics) and steps.
+//
+// Optimizer step alone (data-parallel training: the gradient comes from an all-reduce, the step
+// follows): weight_finish_<opt> with splits = 1, partW = dW and partb = db as given.
+//
 // scalars: the optimizer's OPT_SCALARS numbers of this update in device memory (optimizers.cuh).
 #include "gemm.cuh"
 #include "optimizers.cuh"

@@ -365,6 +365,82 @@ def test_weight_update(xp, mem, rng, update_shape, opt, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("opt", OPTIMIZERS)
+def test_optimizer_step(xp, mem, rng, update_shape, opt, dtype):
+    """Three steps from given gradients (the all-reduced step of data-parallel training): W, b
+    and every slot against the reference's weight_update on the same gradients; the gradients
+    are left as they were."""
+    optimizer = OPTIMIZERS[opt]
+    m, k, n = update_shape
+    W0, b0 = random(rng, (k, n), dtype), random(rng, (n,), dtype)
+    W, b = mem.inout(W0, dtype), mem.inout(b0, dtype)
+    state = xp.optimizer_state(optimizer, W, b)
+    refs = {}
+    for d in {F64, dtype}:
+        Wr, br = W0.astype(d), b0.astype(d)
+        refs[d] = (Wr, br, REF.optimizer_state(optimizer, Wr, br))
+    for step in range(1, 4):
+        A, D = random(rng, (m, k), dtype), random(rng, (m, n), dtype, 1 / m)
+        # the gradients held exactly in the tested dtype, so every backend steps from the same
+        dW, db = (g.astype(dtype).astype(np.float64) for g in (A.T @ D, D.sum(axis=0)))
+        dWd, dbd = mem.input(dW, dtype), mem.input(db, dtype)
+        xp.optimizer_step(W, b, dWd, dbd, state)
+        np.testing.assert_array_equal(xp.to_host(dWd), dW.astype(dtype))
+        np.testing.assert_array_equal(xp.to_host(dbd), db.astype(dtype))
+        for d, (Wr, br, sr) in refs.items():
+            REF.optimizer_step(Wr, br, dW.astype(d), db.astype(d), sr)
+        r64, r32 = refs[F64], refs[dtype] if dtype == F32 else None
+        what = f"{opt} {update_shape} optimizer_step {step}"
+        for name, arr, i in (("W", W, 0), ("b", b, 1)):
+            assert_close(
+                xp.to_host(arr), r64[i], None if r32 is None else r32[i], dtype, f"{name} {what}", m
+            )
+        for slot in optimizer.slots:
+            for part in ("W", "b"):
+                want32 = None if r32 is None else getattr(r32[2], part)[slot]
+                assert_close(
+                    xp.to_host(getattr(state, part)[slot]),
+                    getattr(r64[2], part)[slot],
+                    want32,
+                    dtype,
+                    f"{slot} of {part} {what}",
+                    m,
+                )
+    assert state.t == 3
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gradient_then_step_equals_the_fused_update(xp, rng, dtype):
+    """weight_gradient then optimizer_step, the data-parallel form of a layer's update, gives
+    the fused weight_update's W, b and state on this backend (Adam with decay, a split-batch
+    shape for the kernels too), within the tolerance of the two summation orders."""
+    optimizer = OPTIMIZERS["adam"]
+    m, k, n = (5, 17, 3) if IN_SIMULATOR else (4097, 3, 5)
+    W0, b0 = random(rng, (k, n), dtype), random(rng, (n,), dtype)
+    pairs = [(xp.asarray(W0, dtype), xp.asarray(b0, dtype)) for _ in range(2)]
+    states = [xp.optimizer_state(optimizer, W, b) for W, b in pairs]
+    gW, gb = xp.empty((k, n), dtype), xp.empty((n,), dtype)
+    for _ in range(3):
+        A = xp.asarray(random(rng, (m, k), dtype), dtype)
+        D = xp.asarray(random(rng, (m, n), dtype, 1 / m), dtype)
+        xp.weight_update(A, D, *pairs[0], states[0])
+        xp.weight_gradient(A, D, gW, gb)
+        xp.optimizer_step(*pairs[1], gW, gb, states[1])
+    for i, name in enumerate(("W", "b")):
+        fused, split = xp.to_host(pairs[0][i]), xp.to_host(pairs[1][i])
+        assert_close(split, fused.astype(np.float64), None, dtype, f"{name} split vs fused", m)
+    for slot in optimizer.slots:
+        assert_close(
+            xp.to_host(states[1].W[slot]),
+            xp.to_host(states[0].W[slot]).astype(np.float64),
+            None,
+            dtype,
+            slot,
+            m,
+        )
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_gather_rows(xp, mem, rng, rows_shape, dtype):
     m, n = rows_shape
     src = random(rng, (m + 5, n), dtype)
@@ -431,6 +507,12 @@ def test_bad_arguments_are_named(xp):
         xp.weight_update(X, a(3, 3), a(4, 3), a(3), state)
     with pytest.raises(TypeError, match="optimizer must be an Optimizer"):
         xp.optimizer_state("adam", W, b)
+    with pytest.raises(ValueError, match=r"dW must have shape \(4, 5\)"):
+        xp.optimizer_step(W, b, a(5, 4), b, state)
+    with pytest.raises(TypeError, match="db must have dtype float32"):
+        xp.optimizer_step(W, b, W, a(5, dtype=np.float64), state)
+    with pytest.raises(TypeError, match="state must come from optimizer_state"):
+        xp.optimizer_step(W, b, W, b, "adam")
 
 
 def test_memory(xp, rng):
@@ -576,6 +658,65 @@ def test_train_epochs(xp, case, rng, optimizer, pair, dtype):
         assert_close(g, r, r32[i] if f32 else None, dtype, f"parameter {i}", batch)
     for e in range(len(orders)):
         check_stats(got_stats[e], s64[e], s32[e] if f32 else None, dtype, f"epoch {e}", n * 3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_data_parallel_steps(xp, case, rng, dtype):
+    """The step of data-parallel training on this backend, in a World of one process
+    (MPI.COMM_SELF): every layer's gradient into one flat buffer, its all-reduce through the
+    backend's communicator (MPI for host arrays, host staging for device arrays here), then
+    ``apply_gradients``; three steps against the reference's train_step."""
+    MPI = pytest.importorskip("mpi4py.MPI", reason="mpi4py is not installed")
+    from bpgpu import distributed
+    from bpgpu.distributed.data_parallel import DataParallel
+
+    world = distributed.init(MPI.COMM_SELF, select_device=False, abort_on_error=False)
+    sizes = [5, 3, 4] if case.size == "tiny" else [7, 33, 5, 70]
+    X, Y = random(rng, (40, sizes[0]), dtype), targets(rng, "softmax", 40, sizes[-1])
+    params = [
+        (random(rng, (p, q), dtype, 0.5), random(rng, (q,), dtype, 0.1))
+        for p, q in itertools.pairwise(sizes)
+    ]
+    acts = ["relu", "tanh"][: len(sizes) - 2]
+    runs = {}
+    for be, d in ((xp, dtype), (REF, F64), (REF, F32)):
+        net = Network(
+            [be.asarray(W, d) for W, _ in params],
+            [be.asarray(b, d) for _, b in params],
+            acts,
+            "softmax",
+            "cross_entropy",
+        )
+        states = [
+            be.optimizer_state(RMSprop(lr=0.01, weight_decay=0.01), W, b)
+            for W, b in zip(net.W, net.b, strict=True)
+        ]
+        stats, Xd, Yd = be.zeros((2,), F64), be.asarray(X, d), be.asarray(Y, d)
+        index = be.asarray(np.arange(40)[::-1].copy(), np.dtype(np.int64))
+        parallel = DataParallel(world, be, net, d) if be is xp else None
+        for start, stop in ((0, 13), (13, 26), (26, 40)):
+            if parallel is not None:
+                workspace = lambda rows, be=be, d=d: be.workspace(sizes, rows, d)  # noqa: E731
+                parallel.step(net, workspace, Xd, Yd, index, start, stop, states, stats, False)
+            else:
+                ws = be.workspace(sizes, stop - start, d)
+                be.train_step(net, ws, Xd, Yd, index[start:stop], states, stats)
+        runs[be is xp, d] = ([be.to_host(W) for W in net.W], be.to_host(stats))
+    (gotW, got_stats), (W64, s64) = runs[True, dtype], runs[False, F64]
+    W32, s32 = runs[False, F32]
+    f32 = dtype == F32
+    for l, (g, r) in enumerate(zip(gotW, W64, strict=True)):
+        assert_close(g, r, W32[l] if f32 else None, dtype, f"W{l + 1}", 14)
+    check_stats(got_stats, s64, s32 if f32 else None, dtype, "data-parallel step", 40 * sizes[-1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_scale(xp, rng, dtype):
+    """The in-place scaling of a flat buffer (uneven shards of data-parallel training)."""
+    host = random(rng, (1000,) if xp.name != "numba" else (37,), dtype)
+    a = xp.asarray(host, dtype)
+    xp._scale(a, 33 / 32)
+    np.testing.assert_array_equal(xp.to_host(a), (host.astype(dtype) * dtype.type(33 / 32)))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

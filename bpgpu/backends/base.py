@@ -12,6 +12,8 @@ seven ops. Shapes, row-major, a row is a sample (m = batch, k = inputs, n = outp
     weight_gradient(A, D, out_W (k,n), out_b (n,))               out_W = A^T D, out_b = sum_rows D
     weight_update(A (m,k), D (m,n), W, b, state)                 W, b <- optimizer step with
                                                                  dW = A^T D, db = sum_rows D
+    optimizer_step(W, b, dW (k,n), db (n,), state)               W, b <- optimizer step with
+                                                                 the gradients given
     gather_rows(src (r,n), index (m,), out (m,n))                out = src[index]
 
 ``Loss`` is the mean over the batch, so ``D`` carries the 1/m. ``stats`` is a float64 array of
@@ -21,9 +23,9 @@ are read back once.
 Each public op checks its arguments (bpgpu/backends/checks.py) and calls the backend's
 ``_op``, which trusts them. The model and the training step call the ``_op`` methods directly:
 they pass buffers they made themselves. A backend implements the ``_op`` methods and memory;
-``train_step``, ``evaluate_step`` and ``predict_step`` compose them, and a backend may override
-the composition only where it keeps the same result (the CuPy backend replays a captured
-step; the kernel backends fuse the last layer with its loss).
+``train_step``, ``evaluate_step``, ``predict_step`` and ``apply_gradients`` compose them, and a
+backend may override the composition only where it keeps the same result (the CuPy backend
+replays a captured step; the kernel backends fuse the last layer with its loss).
 """
 
 from __future__ import annotations
@@ -174,6 +176,16 @@ class Backend(ABC):
         self._advance(state)
         self._weight_update(A_prev, D, W, b, state)
 
+    def optimizer_step(
+        self, W: Array, b: Array, dW: Array, db: Array, state: OptimizerState
+    ) -> None:
+        """One optimizer step on W and b in place from the gradients dW and db (left as they
+        were): ``weight_update`` without the gradient, for gradients summed elsewhere (the
+        all-reduce of data-parallel training)."""
+        checks.optimizer_step(self, W, b, dW, db, state)
+        self._advance(state)
+        self._optimizer_step(W, b, dW, db, state)
+
     def gather_rows(self, src: Array, index: Array, out: Array) -> Array:
         """out = src[index] (rows), index an int64 array on this backend; returns out.
 
@@ -239,7 +251,17 @@ class Backend(ABC):
         """The step for ``state.t``, already counted by ``_advance``."""
 
     @abstractmethod
+    def _optimizer_step(
+        self, W: Array, b: Array, dW: Array, db: Array, state: OptimizerState
+    ) -> None:
+        """The step for ``state.t``, already counted by ``_advance``; dW and db unchanged."""
+
+    @abstractmethod
     def _gather_rows(self, src: Array, index: Array, out: Array) -> Array: ...
+
+    def _scale(self, a: Array, factor: float) -> None:
+        """a *= factor in place (NumPy and CuPy arrays; a backend with other arrays overrides)."""
+        a *= factor
 
     def _optimizer_state(self, optimizer: Optimizer, W: Array, b: Array) -> OptimizerState:
         return OptimizerState(
@@ -343,6 +365,16 @@ class Backend(ABC):
             self._forward_loss(net, ws, stats)
             if grads is not None:
                 self._backward(net, ws, None, grads)
+
+    def apply_gradients(
+        self, net: Network, grads: list[tuple[Array, Array]], states: list[OptimizerState]
+    ) -> None:
+        """One optimizer update of every layer from the gradients ``grads`` (one (dW, db) pair
+        per layer, as ``evaluate_step`` writes them): a training step whose gradients were
+        reduced between the two (data-parallel training)."""
+        for W, b, (dW, db), state in zip(net.W, net.b, grads, states, strict=True):
+            self._advance(state)
+            self._optimizer_step(W, b, dW, db, state)
 
     def predict_step(self, net: Network, ws: Workspace, X: Array, index: Array) -> Array:
         """The output layer's activations of the rows ``index`` of X; returns ``ws.P``."""

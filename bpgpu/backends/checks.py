@@ -140,11 +140,27 @@ def weight_update(
     xp: Backend, A_prev: Any, D: Any, W: Any, b: Any, state: Any
 ) -> tuple[int, int, int]:
     """As weight_gradient for W and b, and a ``state`` made for them on this backend."""
+    m, k, n = _weight_step(xp, A_prev, D, ("W", W), ("b", b))
+    _state(xp, W, b, state)
+    return m, k, n
+
+
+def optimizer_step(xp: Backend, W: Any, b: Any, dW: Any, db: Any, state: Any) -> None:
+    """W (k, n), b (n,), their gradients dW and db of the same shapes and dtype, and a
+    ``state`` made for W and b on this backend."""
+    dt = _float_dtype("W", W)
+    k, n = _dim(W, 0), _dim(W, 1)
+    for name, a, shape in (("W", W, (k, n)), ("b", b, (n,)), ("dW", dW, (k, n)), ("db", db, (n,))):
+        array(xp, name, a, shape, dt)
+    _state(xp, W, b, state)
+
+
+def _state(xp: Backend, W: Any, b: Any, state: Any) -> None:
+    """``state`` is an OptimizerState whose slots fit W and b."""
     if not isinstance(state, OptimizerState):
         raise TypeError(
             f"state must come from optimizer_state(optimizer, W, b); got {type(state).__name__}"
         )
-    m, k, n = _weight_step(xp, A_prev, D, ("W", W), ("b", b))
     for part, param, slots in (("W", W, state.W), ("b", b, state.b)):
         if set(slots) != set(state.optimizer.slots):
             raise ValueError(
@@ -158,7 +174,6 @@ def weight_update(
                     f"not {tuple(param.shape)}"
                 )
             array(xp, f"state.{part}[{slot!r}]", a, param.shape, param.dtype)
-    return m, k, n
 
 
 def _weight_step(

@@ -289,12 +289,25 @@ class KernelOps(Backend):
         self, A_prev: Array, D: Array, W: Array, b: Array, state: OptimizerState
     ) -> None:
         opt = state.optimizer
-        slots = [state.W[s] for s in opt.slots], [state.b[s] for s in opt.slots]
-        self._weight_step(A_prev, D, W, b, opt.kind, state.scratch.scalars, slots)
+        self._weight_step(A_prev, D, W, b, opt.kind, state.scratch.scalars, self._slots(state))
 
     def _weight_gradient(self, A_prev: Array, D: Array, out_W: Array, out_b: Array) -> None:
         scalars = self._buffer("store-scalars", (KERNEL_SCALARS,), _F64)
         self._weight_step(A_prev, D, out_W, out_b, "store", scalars, ([], []))
+
+    def _optimizer_step(
+        self, W: Array, b: Array, dW: Array, db: Array, state: OptimizerState
+    ) -> None:
+        # the split path's finishing kernel over one "split": the gradient as given, then the step
+        (k, n), opt = W.shape, state.optimizer
+        shapes = f"k={k} n={n}"
+        self._finish(dW, db, 1, W, b, opt.kind, state.scratch.scalars, self._slots(state), shapes)
+
+    @staticmethod
+    def _slots(state: OptimizerState) -> tuple[list[Array], list[Array]]:
+        """The optimizer's slot arrays of W and of b, in the order the kernels take them."""
+        slots = state.optimizer.slots
+        return [state.W[s] for s in slots], [state.b[s] for s in slots]
 
     def _weight_step(
         self,
@@ -309,12 +322,10 @@ class KernelOps(Backend):
         """W, b <- variant(A^T D, sum_rows D): fused, or split over the batch for a small W."""
         (m, k), n = A.shape, D.shape[1]
         sfx = suffix(A.dtype)
-        dummy = self._buffer("dummy", (1,), A.dtype)
-        sW1, sW2 = (slots[0] + [dummy, dummy])[:2]
-        sb1, sb2 = (slots[1] + [dummy, dummy])[:2]
         shapes = f"m={m} k={k} n={n}"
         splits = split_count(m, k, n, self._target_blocks())
         if splits == 1:
+            sW1, sW2, sb1, sb2 = self._slot_args(slots, A.dtype)
             name, family = kernel("weight_update_{opt}_{t}", opt=variant, t=sfx)
             args: tuple = (A, D, W, b, sW1, sW2, sb1, sb2, scalars, i32(m), i32(k), i32(n))
             self._launch(name, family, gemm_geometry(k, n), args, shapes)
@@ -327,9 +338,31 @@ class KernelOps(Backend):
         name, family = kernel("weight_partial_{t}", t=sfx)
         args = (A, D, partW, partb, i32(m), i32(k), i32(n), i32(rows))
         self._launch(name, family, gemm_geometry(k, n, splits), args, shapes)
-        name, family = kernel("weight_finish_{opt}_{t}", opt=variant, t=sfx)
+        self._finish(partW, partb, splits, W, b, variant, scalars, slots, shapes)
+
+    def _finish(
+        self,
+        partW: Array,
+        partb: Array,
+        splits: int,
+        W: Array,
+        b: Array,
+        variant: str,
+        scalars: Array,
+        slots: tuple[list[Array], list[Array]],
+        shapes: str,
+    ) -> None:
+        """W, b <- variant(the sums of ``splits`` partial gradients), elementwise."""
+        k, n = W.shape
+        sW1, sW2, sb1, sb2 = self._slot_args(slots, W.dtype)
+        name, family = kernel("weight_finish_{opt}_{t}", opt=variant, t=suffix(W.dtype))
         args = (partW, partb, i32(splits), W, b, sW1, sW2, sb1, sb2, scalars, i32(k), i32(n))
         self._launch(name, family, element_geometry(k * n + n), args, shapes)
+
+    def _slot_args(self, slots: tuple[list[Array], list[Array]], dtype: Any) -> list[Array]:
+        """sW1, sW2, sb1, sb2: the slot arrays, a dummy for each the rule does not keep."""
+        dummy = self._buffer("dummy", (1,), dtype)
+        return (slots[0] + [dummy, dummy])[:2] + (slots[1] + [dummy, dummy])[:2]
 
     def _gather_rows(self, src: Array, index: Array, out: Array) -> Array:
         rows, n = out.shape

@@ -197,9 +197,22 @@ class NumbaBackend(Backend):
             state.scratch = (self.empty(W.shape, W.dtype), self.empty(b.shape, b.dtype))
         gW, gb = state.scratch
         self._weight_gradient(A_prev, D, gW, gb)
+        self._optimizer_step(W, b, gW, gb, state)
+
+    def _optimizer_step(
+        self, W: Array, b: Array, dW: Array, db: Array, state: OptimizerState
+    ) -> None:
         scalars = state.optimizer.kernel_scalars(state.t)
-        self._step(state.optimizer.code, W, gW, state.W, scalars)
-        self._step(state.optimizer.code, b, gb, state.b, (scalars[0], 0.0, *scalars[2:]))
+        self._step(state.optimizer.code, W, dW, state.W, scalars)
+        self._step(state.optimizer.code, b, db, state.b, (scalars[0], 0.0, *scalars[2:]))
+
+    def _scale(self, a: Array, factor: float) -> None:
+        if self._cupy is not None:
+            a *= factor
+            return
+        flat = a.reshape(a.size)
+        grid, block = element_geometry(a.size)
+        self._launch(self._k.scale, grid, block)(flat, factor)
 
     def _step(self, code: int, P: Array, G: Array, slots: dict, scalars: tuple[float, ...]) -> None:
         """P <- P - step(G + wd P) in place, the slot arrays updated (numba_kernels)."""

@@ -1,5 +1,6 @@
 """numba.cuda kernels of the numba backend: one tiled GEMM with a fused epilogue, the output
-layer with its loss, a deterministic stats reduction, the optimizer step and a row gather.
+layer with its loss, a deterministic stats reduction, the optimizer step, a scaling and a row
+gather.
 
 The numba backend reaches numba through this module only, and ``import bpgpu`` never loads
 numba. Kernels that need shared memory of the element type are built per dtype. The
@@ -178,6 +179,13 @@ def optimizer_step(P, G, S1, S2, one, code, lr, wd, s2, s3, s4, s5, s6):
 
 
 @cuda.jit
+def scale(a, factor):
+    # a *= factor, elementwise on a flat array, grid-stride
+    for k in range(cuda.grid(1), a.shape[0], cuda.gridsize(1)):
+        a[k] *= factor
+
+
+@cuda.jit
 def gather_rows(src, index, out):
     # out[i, j] = src[index[i], j], grid-stride over the flat e = i * n + j (any size); an
     # index outside [0, src rows) gives a row of NaN, as the CUDA C kernel does
@@ -202,6 +210,16 @@ def check_compiler() -> None:
             a[i] = 0.0
 
     cuda.compile_ptx(touch, (numba.float32[:],), cc=(8, 0))
+
+
+def select_device(index: int) -> int | None:
+    """Make GPU ``index % count`` numba's current device (a data-parallel process's GPU from
+    its rank on the node); None on the simulator or without GPUs."""
+    if SIMULATED or not cuda.is_available():
+        return None
+    device = index % len(cuda.gpus)
+    cuda.select_device(device)
+    return device
 
 
 def _interface_configs() -> list:

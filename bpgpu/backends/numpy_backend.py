@@ -292,10 +292,27 @@ class NumpyBackend(HostMemory, Backend):
     def _weight_update(
         self, A_prev: Array, D: Array, W: Array, b: Array, state: OptimizerState
     ) -> None:
+        buf = self._update_buffers(W, b, state)
+        self._gradient_into(A_prev, D, buf.gW, buf.gb, buf.partials)
+        self._apply(W, b, buf, state)
+
+    def _optimizer_step(
+        self, W: Array, b: Array, dW: Array, db: Array, state: OptimizerState
+    ) -> None:
+        buf = self._update_buffers(W, b, state)
+        np.copyto(buf.gW, dW)  # the rule overwrites its gradient; the caller's stays whole
+        np.copyto(buf.gb, db)
+        self._apply(W, b, buf, state)
+
+    @staticmethod
+    def _update_buffers(W: Array, b: Array, state: OptimizerState) -> _UpdateBuffers:
         if state.scratch is None:
             state.scratch = _UpdateBuffers(*(np.empty_like(a) for a in (W, b, W, b)))
-        buf: _UpdateBuffers = state.scratch
-        self._gradient_into(A_prev, D, buf.gW, buf.gb, buf.partials)
+        return state.scratch
+
+    def _apply(self, W: Array, b: Array, buf: _UpdateBuffers, state: OptimizerState) -> None:
+        """The optimizer's update ``state.t`` of W and b from the gradients in ``buf`` (which
+        it overwrites), W's rows in cache-sized blocks across the threads."""
         opt, t = state.optimizer, state.t
         width = W.shape[1] * (3 + len(state.W))  # W, its gradient, scratch and the slots
 

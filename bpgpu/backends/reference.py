@@ -67,6 +67,13 @@ class ReferenceBackend(HostMemory, Backend):
         opt.apply(W, A_prev.T @ D, state.W, np.empty_like(W), t, decay=True)
         opt.apply(b, D.sum(axis=0), state.b, np.empty_like(b), t, decay=False)
 
+    def _optimizer_step(
+        self, W: Array, b: Array, dW: Array, db: Array, state: OptimizerState
+    ) -> None:
+        opt, t = state.optimizer, state.t
+        opt.apply(W, dW.copy(), state.W, np.empty_like(W), t, decay=True)
+        opt.apply(b, db.copy(), state.b, np.empty_like(b), t, decay=False)
+
     def _gather_rows(self, src: Array, index: Array, out: Array) -> Array:
         check_index_values(src, index)
         out[...] = src[index]
