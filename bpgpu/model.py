@@ -736,10 +736,13 @@ class MLP:
 
         One epoch a call where each is looked at (validation, early stopping); never past a
         checkpoint that is due; and no more work than _TERMS_PER_CALL, so Ctrl-C is answered
-        within about a second."""
+        within about a second. A data-parallel fit goes step by step: every step of every rank
+        meets the others in an allreduce."""
         settings = run.settings
-        if run.batches_done or not self.backend.compiled_epochs(
-            list(self.layers), min(settings.batch_size, run.n)
+        if (
+            run.parallel is not None
+            or run.batches_done
+            or not self.backend.compiled_epochs(list(self.layers), min(settings.batch_size, run.n))
         ):
             return 0
         if run.held_out is not None or run.stopping is not None:
