@@ -805,7 +805,7 @@ class MLP:
                 )  # fmt: skip
             run.batches_done += 1
             run.progress.step()
-            if run.stop_requested():
+            if stop < run.n and run.stop_requested():  # after the last, the epoch ends first
                 self._interrupted(run)
         if run.parallel is not None:
             run.parallel.reduce_stats(run.stats)

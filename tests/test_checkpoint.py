@@ -419,6 +419,27 @@ def test_ctrl_c_keeps_the_last_completed_step(data, monkeypatch):
     assert_same_weights(net, expected)
 
 
+def test_ctrl_c_in_an_epochs_last_step_ends_the_epoch_first(tmp_path, data, monkeypatch):
+    """SIGINT inside the last step of epoch 2: the epoch is recorded and checkpointed as
+    ended, and resuming from that checkpoint equals the uninterrupted run."""
+    X, y = data
+    kw = {"batch_size": 16, "seed": 3, "epochs": 4}
+    whole = model()
+    hist = whole.fit(X, y, optimizer=bpgpu.Adam(lr=0.01), **kw)
+    path = tmp_path / "run.npz"
+    part = model()
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, part.backend, update=3 * 13 + 2)  # 7 steps an epoch: step 14
+        with pytest.raises(bpgpu.TrainingInterrupted, match="after epoch 2") as info:
+            part.fit(X, y, optimizer=bpgpu.Adam(lr=0.01), checkpoint=path, **kw)
+    assert info.value.history.epochs == [1, 2]
+    saved = serialization.read_checkpoint(path)
+    assert (saved.epochs_done, saved.batches_done) == (2, 0)
+    resumed = model()
+    assert_same_history(resumed.fit(X, y, optimizer=bpgpu.Adam(lr=0.01), resume=path, **kw), hist)
+    assert_same_weights(resumed, whole)
+
+
 def test_second_ctrl_c_stops_inside_the_step(data, monkeypatch):
     """Two SIGINTs inside one step: fit stops at once and the model goes back to the last
     completed epoch's weights, its optimizer state dropped."""
