@@ -637,13 +637,13 @@ class MLP:
         held_out = None
         if data.val is not None:
             Xv, Yv = data.val
-            held_out = (xp.asarray(Xv, self.dtype), xp.asarray(Yv, self.dtype), len(Xv))
+            held_out = (xp.from_host(Xv, self.dtype), xp.from_host(Yv, self.dtype), len(Xv))
         n = len(data.X)
         run = Run(
             settings=settings,
             optimizer=opt,
-            X=xp.asarray(data.X, self.dtype),
-            Y=xp.asarray(data.Y, self.dtype),
+            X=xp.from_host(data.X, self.dtype),
+            Y=xp.from_host(data.Y, self.dtype),
             n=n,
             held_out=held_out,
             host_X=data.X,

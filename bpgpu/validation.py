@@ -97,6 +97,26 @@ def _real_array(value: object, name: str) -> np.ndarray:
     return arr
 
 
+#: elements checked at a time by ``all_finite``: its temporary stays in the CPU cache
+_FINITE_BLOCK = 1 << 16
+
+
+def all_finite(a: np.ndarray) -> bool:
+    """Whether every element of ``a`` is finite: one pass, a block at a time, stopping at the
+    first block that is not."""
+    flat = a.reshape(-1)
+    if flat.dtype.kind not in "fc":
+        return True
+    seen = np.empty(min(flat.size, _FINITE_BLOCK), bool)
+    for start in range(0, flat.size, _FINITE_BLOCK):
+        block = flat[start : start + _FINITE_BLOCK]
+        found = seen[: block.size]
+        np.isfinite(block, out=found)
+        if not found.all():
+            return False
+    return True
+
+
 def as_matrix(X: object, name: str, n_features: int, dtype: np.dtype) -> np.ndarray:
     """X as a C-contiguous (n, n_features) array of ``dtype``, finite and not empty."""
     arr = _real_array(X, name)
@@ -114,7 +134,7 @@ def as_matrix(X: object, name: str, n_features: int, dtype: np.dtype) -> np.ndar
         )
     with np.errstate(over="ignore"):
         converted = np.ascontiguousarray(arr, dtype=dtype)
-    if not np.all(np.isfinite(converted)):
+    if not all_finite(converted):
         if np.all(np.isfinite(arr)):
             raise ValueError(
                 f"{name} holds values beyond the range of {dtype} "
@@ -137,7 +157,7 @@ def as_targets(
         raise ValueError(f"{name} must be 1-D labels or 2-D targets; got shape {arr.shape}")
     if arr.shape[0] != n_samples:
         raise ValueError(f"X and {name} have different lengths: {n_samples} and {arr.shape[0]}")
-    if not np.all(np.isfinite(arr)):
+    if not all_finite(arr):
         raise ValueError(f"{name} holds NaN or infinite values")
     if arr.ndim == 2:
         if arr.shape[1] != n_outputs:

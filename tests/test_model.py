@@ -129,3 +129,31 @@ def test_float32_and_float64_models_agree(rng):
         runs.append((hist["loss"], net.predict_proba(X)))
     np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-4)
     np.testing.assert_allclose(runs[0][1], runs[1][1], atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype,shared", [("float32", True), ("float64", False)])
+def test_fit_trains_on_the_callers_array_when_it_is_usable(monkeypatch, dtype, shared):
+    """No copy of X for a host backend when X already is C-contiguous in the model's dtype
+    (fit only reads it); a conversion otherwise."""
+    X = np.random.default_rng(0).normal(size=(40, 3)).astype(dtype)
+    net = bpgpu.MLP([3, 4, 2], backend="numpy", seed=0)
+    seen = []
+    real = type(net.backend).train_step
+
+    def spy(xp, net_, ws, X_, *rest):
+        seen.append(X_)
+        return real(xp, net_, ws, X_, *rest)
+
+    monkeypatch.setattr(type(net.backend), "train_step", spy)
+    net.fit(X, np.arange(40) % 2, epochs=1, batch_size=20)
+    assert len(seen) == 2 and np.shares_memory(seen[0], X) == shared
+
+
+@pytest.mark.parametrize("at", [0, 65535, 65536, 3 * 70000 - 1])
+def test_a_non_finite_value_anywhere_in_x_is_refused(at):
+    """The finiteness check goes block by block: a NaN in any block, the last included."""
+    X = np.zeros((70000, 3), np.float32)
+    X.reshape(-1)[at] = np.nan
+    net = bpgpu.MLP([3, 4, 2], backend="numpy", seed=0)
+    with pytest.raises(ValueError, match="X holds NaN or infinite values"):
+        net.fit(X, np.zeros(70000, int), epochs=1)

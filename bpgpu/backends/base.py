@@ -101,6 +101,11 @@ class Backend(ABC):
     def asarray(self, host: np.ndarray, dtype: np.dtype) -> Array:
         """A C-contiguous copy of ``host`` as ``dtype`` on this backend."""
 
+    def from_host(self, host: np.ndarray, dtype: np.dtype) -> Array:
+        """``host`` as a C-contiguous ``dtype`` array on this backend, to be read only (fit's
+        data): a copy, except on a host backend when ``host`` already is one."""
+        return self.asarray(host, dtype)
+
     @abstractmethod
     def to_host(self, array: Array) -> np.ndarray:
         """A NumPy copy of ``array``."""
@@ -428,6 +433,9 @@ class HostMemory:
 
     def asarray(self, host: np.ndarray, dtype: np.dtype) -> np.ndarray:
         return np.array(host, dtype=dtype, order="C", copy=True)
+
+    def from_host(self, host: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        return np.ascontiguousarray(host, dtype=dtype)
 
     def to_host(self, array: np.ndarray) -> np.ndarray:
         return np.array(array, copy=True)
