@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bpgpu bench",
         description="Time the training step (and a whole fit) of every bpgpu backend against "
-        "PyTorch, in one process on the same data with the same optimizer, with the machine's "
+        "PyTorch (and JAX's jit on a CPU), in one process on the same data with the same optimizer, with the machine's "
         "own ceilings for scale; writes report.json, report.md and plots.",
     )
     p.add_argument(
@@ -51,8 +51,8 @@ def _parser() -> argparse.ArgumentParser:
         "--suite",
         choices=sorted(SUITES),
         default="default",
-        help="default: six workloads from launch- to GEMM-bound; cpu-compare: the NumPy "
-        "backend's four shapes against PyTorch on a CPU (default: %(default)s)",
+        help="default: seven workloads from per-sample to GEMM-bound; cpu-compare: the CPU "
+        "backends' six shapes against PyTorch and JAX (default: %(default)s)",
     )
     p.add_argument(
         "--optimizer", default="rmsprop", help=f"comma-separated: {', '.join(OPTIMIZERS)}"
