@@ -30,8 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bpgpu bench",
         description="Time the training step (and a whole fit) of every bpgpu backend against "
-        "PyTorch (and JAX's jit on a CPU), in one process on the same data with the same optimizer, with the machine's "
-        "own ceilings for scale; writes report.json, report.md and plots.",
+        "PyTorch (and JAX's jit on a CPU), in one process on the same data with the same "
+        "optimizer, with the machine's own ceilings for scale; writes report.json, report.md "
+        "and plots.",
     )
     p.add_argument(
         "--quick",
