@@ -40,10 +40,9 @@ from bpgpu.backends.numpy_backend import NumpyBackend
 from bpgpu.functions import ACTIVATIONS, LOSSES, OUTPUTS
 from bpgpu.optimizers import Optimizer
 
-#: a batch of at most this many rows trains compiled whatever the network: per-sample and
-#: small-batch steps are matrix-vector work, which the compiled loops do as fast as BLAS and
-#: without its call overhead
-COMPILED_SMALL_BATCH = 16
+#: a batch of at most this many rows trains compiled whatever the network: a per-sample step
+#: is matrix-vector work, which the compiled loops do as fast as BLAS and without its calls
+COMPILED_SMALL_BATCH = 1
 #: a larger batch trains compiled when it has at most COMPILED_MAX_BATCH rows and its
 #: multiply-adds per forward pass, batch x sum of k n over the layers, are at most
 #: COMPILED_STEP_TERMS: past that BLAS's blocked products beat the compiled loops
