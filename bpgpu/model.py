@@ -75,8 +75,11 @@ EVAL_BATCH = 4096
 #: batch sizes whose buffers a model keeps at once
 _WORKSPACES_KEPT = 4
 #: the most work (samples x multiply-adds of a forward pass, summed over its epochs) one call of
-#: whole compiled epochs holds: about a second on a laptop core
+#: whole compiled epochs holds: one to two seconds on a core of this project's test machine
 _TERMS_PER_CALL = 1 << 30
+#: ... and the most samples, summed over its epochs: the call's shuffled orders and per-update
+#: numbers are made beforehand, so this bounds their memory (8 MiB of orders)
+_SAMPLES_PER_CALL = 1 << 20
 
 
 def _check_model_memory(layers: Sequence[int], dtype: np.dtype, backend: Backend) -> None:
@@ -735,9 +738,9 @@ class MLP:
         """How many epochs from ``epoch`` on the backend runs in one call; 0: step by step.
 
         One epoch a call where each is looked at (validation, early stopping); never past a
-        checkpoint that is due; and no more work than _TERMS_PER_CALL, so Ctrl-C is answered
-        within about a second. A data-parallel fit goes step by step: every step of every rank
-        meets the others in an allreduce."""
+        checkpoint that is due; no more work than _TERMS_PER_CALL, so Ctrl-C is answered within
+        a second or two, and no more samples than _SAMPLES_PER_CALL. A data-parallel fit goes
+        step by step: every step of every rank meets the others in an allreduce."""
         settings = run.settings
         if (
             run.parallel is not None
@@ -752,7 +755,8 @@ class MLP:
             every = settings.checkpoint_every
             last = min(last, -(-epoch // every) * every)
         per_epoch = run.n * sum(k * n for k, n in itertools.pairwise(self.layers))
-        return max(1, min(last - epoch + 1, _TERMS_PER_CALL // per_epoch))
+        bound = min(_TERMS_PER_CALL // per_epoch, _SAMPLES_PER_CALL // run.n)
+        return max(1, min(last - epoch + 1, bound))
 
     def _run_epochs(self, run: Run, first: int, count: int) -> bool:
         """Epochs ``first`` ... ``first + count - 1`` in one call of the backend, each reshuffled

@@ -536,3 +536,24 @@ def test_tampered_checkpoints_name_the_file_and_the_field(tmp_path, data, name):
     with pytest.raises(bpgpu.ModelFileError):
         net.fit(X, y, resume=tmp_path / "bad.npz", **FIT)
     assert all(np.array_equal(a, b) for a, b in zip(before, weights_of(net), strict=True))
+
+
+def test_compiled_runs_of_epochs_are_bounded_by_their_samples(monkeypatch):
+    """A small network on many samples: each compiled call holds at most 2^20 samples of
+    shuffled orders (they and the per-update numbers are made beforehand), and the calls
+    together train every epoch."""
+    backend_or_skip("numba-cpu")
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(2**16, 2)), rng.integers(0, 2, 2**16)
+    net = bpgpu.MLP([2, 2, 1], "tanh", "sigmoid", backend="numba-cpu", seed=0)
+    calls: list[int] = []
+    compiled = type(net.backend).train_epochs
+
+    def counted(xp, net_, ws, X_, Y_, orders, states):
+        calls.append(orders.size)
+        return compiled(xp, net_, ws, X_, Y_, orders, states)
+
+    monkeypatch.setattr(type(net.backend), "train_epochs", counted)
+    history = net.fit(X, y, epochs=40, batch_size=64, optimizer=bpgpu.SGD(lr=0.1))
+    assert history.epochs == list(range(1, 41))
+    assert calls == [2**20, 2**20, 2**19]  # 16 + 16 + 8 epochs of 2^16 samples

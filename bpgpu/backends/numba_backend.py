@@ -223,9 +223,9 @@ class NumbaBackend(Backend):
         flat = [a.reshape(a.size) for a in (P, G, *slots.values())]
         s1 = flat[2] if len(flat) > 2 else dummy
         s2 = flat[3] if len(flat) > 3 else dummy
-        one = P.dtype.type(1)  # and the numbers optimizer_rule reads: lr, wd and five of its own
+        numbers = (P.dtype.type(s) for s in scalars[: k.RULE_SCALARS])
         self._launch(k.optimizer_step, min(_blocks(P.size, 256), 1024), 256)(
-            flat[0], flat[1], s1, s2, one, code, *(P.dtype.type(s) for s in scalars[:7])
+            flat[0], flat[1], s1, s2, len(slots), P.dtype.type(1), code, *numbers
         )
 
     def _gather_rows(self, src: Array, index: Array, out: Array) -> Array:

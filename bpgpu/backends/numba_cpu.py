@@ -61,8 +61,8 @@ def compiled_pays(layers: list[int], batch: int) -> bool:
 
 @dataclass
 class _EpochBuffers:
-    """What the compiled epochs need besides the network: gradient scratch, stand-ins for the
-    slots a rule does not keep, and the two saved sets of weights (made once per network)."""
+    """What the compiled epochs need besides the network and its workspace: gradient scratch
+    and the two saved sets of weights (made once per network shape)."""
 
     gW: tuple[np.ndarray, ...]
     gb: tuple[np.ndarray, ...]
@@ -122,13 +122,13 @@ class NumbaCpuBackend(NumpyBackend):
             super()._apply_update(opt, P, G, slots, tmp, t, decay)
             return
         dtype = P.dtype.type
-        lr, wd, *own = (dtype(v) for v in opt.kernel_scalars(t))
+        lr, wd, *own = (dtype(v) for v in opt.kernel_scalars(t)[: numba_rules.RULE_SCALARS])
         flat = [a.reshape(-1) for a in (P, G, *slots.values())]
-        s1 = flat[2] if len(flat) > 2 else flat[0]
+        s1 = flat[2] if len(flat) > 2 else flat[0]  # stand-ins for slots the rule does not keep
         s2 = flat[3] if len(flat) > 3 else flat[0]
         numba_rules.update(
             flat[0], flat[1], s1, s2, len(slots), dtype(1), opt.code, lr,
-            wd if decay else dtype(0), *own[:5],
+            wd if decay else dtype(0), *own,
         )  # fmt: skip
 
     # ---- whole epochs ---------------------------------------------------------------------------

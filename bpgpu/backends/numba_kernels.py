@@ -20,6 +20,7 @@ import numba
 import numpy as np
 from numba import cuda, float64
 
+from bpgpu.backends.numba_rules import RULE_SCALARS as RULE_SCALARS
 from bpgpu.backends.numba_rules import compile_rules
 
 NUMBA_VERSION: str = numba.__version__
@@ -159,22 +160,21 @@ def add_stats(row_stats, stats):
 
 
 @cuda.jit
-def optimizer_step(P, G, S1, S2, one, code, lr, wd, s2, s3, s4, s5, s6):
+def optimizer_step(P, G, S1, S2, slots, one, code, lr, wd, s2, s3, s4, s5, s6):
     # Elementwise on flat arrays: each parameter's update from its gradient by the rule of
-    # ``code`` (numba_rules.optimizer_rule; wd = 0 for biases); ``one`` and the numbers are in
-    # P's dtype; a slot the rule has no use for is a 1-element dummy, never read or written
+    # ``code`` (numba_rules' optimizer_rule; wd = 0 for biases); ``one`` and the numbers are in
+    # P's dtype; the rule keeps ``slots`` state arrays, S1 and S2, the others being stand-ins
+    # that are never read or written
     n = P.shape[0]
-    has1 = S1.shape[0] == n
-    has2 = S2.shape[0] == n
     start, stride = cuda.grid(1), cuda.gridsize(1)
     for k in range(start, n, stride):
-        a = S1[k] if has1 else P[k] * 0
-        b = S2[k] if has2 else P[k] * 0
+        a = S1[k] if slots > 0 else P[k] * 0
+        b = S2[k] if slots > 1 else P[k] * 0
         p, a, b = _optimizer_rule(code, P[k], G[k], a, b, one, lr, wd, s2, s3, s4, s5, s6)
         P[k] = p
-        if has1:
+        if slots > 0:
             S1[k] = a
-        if has2:
+        if slots > 1:
             S2[k] = b
 
 

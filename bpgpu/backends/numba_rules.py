@@ -28,6 +28,8 @@ IDENTITY = ACTIVATIONS["identity"].code
 SOFTMAX_OUT, SIGMOID_OUT = OUTPUTS["softmax"].code, OUTPUTS["sigmoid"].code
 CROSS_ENTROPY, MSE = LOSSES["cross_entropy"].code, LOSSES["mse"].code
 SGD_CODE, RMSPROP_CODE, ADAM_CODE = SGD.code, RMSprop.code, Adam.code
+#: the leading numbers of Optimizer.kernel_scalars that optimizer_rule reads: lr, wd, h2 ... h6
+RULE_SCALARS = 7
 
 
 def compile_rules(jit: Callable[[Callable], Any]) -> SimpleNamespace:
