@@ -343,25 +343,23 @@ def test_weight_update(xp, mem, rng, update_shape, opt, dtype):
         xp.weight_update(mem.input(A, dtype), mem.input(D, dtype), W, b, state)
         for d, (Wr, br, sr) in refs.items():
             REF.weight_update(A.astype(d), D.astype(d), Wr, br, sr)
-        r64, r32 = refs[F64], refs[dtype] if dtype == F32 else None
-        what = f"{opt} {update_shape} update {step}"
-        got = [("W", W, 0), ("b", b, 1)]
-        for name, arr, i in got:
-            assert_close(
-                xp.to_host(arr), r64[i], None if r32 is None else r32[i], dtype, f"{name} {what}", m
-            )
-        for slot in optimizer.slots:
-            for part in ("W", "b"):
-                want32 = None if r32 is None else getattr(r32[2], part)[slot]
-                assert_close(
-                    xp.to_host(getattr(state, part)[slot]),
-                    getattr(r64[2], part)[slot],
-                    want32,
-                    dtype,
-                    f"{slot} of {part} {what}",
-                    m,
-                )
+        check_update(xp, W, b, state, refs, dtype, f"{opt} {update_shape} update {step}", m)
     assert state.t == 3
+
+
+def check_update(xp, W, b, state, refs, dtype, what: str, inner: int) -> None:
+    """W, b and every optimizer slot of ``state`` against the reference's, ``refs`` holding
+    (W, b, state) of the reference in float64 and, for float32, in float32."""
+    r64, r32 = refs[F64], refs[dtype] if dtype == F32 else None
+    for name, arr, i in (("W", W, 0), ("b", b, 1)):
+        want32 = None if r32 is None else r32[i]
+        assert_close(xp.to_host(arr), r64[i], want32, dtype, f"{name} {what}", inner)
+    for slot in state.optimizer.slots:
+        for part in ("W", "b"):
+            want32 = None if r32 is None else getattr(r32[2], part)[slot]
+            got = xp.to_host(getattr(state, part)[slot])
+            want = getattr(r64[2], part)[slot]
+            assert_close(got, want, want32, dtype, f"{slot} of {part} {what}", inner)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -389,23 +387,8 @@ def test_optimizer_step(xp, mem, rng, update_shape, opt, dtype):
         np.testing.assert_array_equal(xp.to_host(dbd), db.astype(dtype))
         for d, (Wr, br, sr) in refs.items():
             REF.optimizer_step(Wr, br, dW.astype(d), db.astype(d), sr)
-        r64, r32 = refs[F64], refs[dtype] if dtype == F32 else None
         what = f"{opt} {update_shape} optimizer_step {step}"
-        for name, arr, i in (("W", W, 0), ("b", b, 1)):
-            assert_close(
-                xp.to_host(arr), r64[i], None if r32 is None else r32[i], dtype, f"{name} {what}", m
-            )
-        for slot in optimizer.slots:
-            for part in ("W", "b"):
-                want32 = None if r32 is None else getattr(r32[2], part)[slot]
-                assert_close(
-                    xp.to_host(getattr(state, part)[slot]),
-                    getattr(r64[2], part)[slot],
-                    want32,
-                    dtype,
-                    f"{slot} of {part} {what}",
-                    m,
-                )
+        check_update(xp, W, b, state, refs, dtype, what, m)
     assert state.t == 3
 
 
