@@ -186,6 +186,11 @@ _row_output_delta, _rule = _cpu_rules.row_output_delta, _cpu_rules.optimizer_rul
 _jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 #: ... and those the whole epochs call at every step, inlined there
 _jit_inline = numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+#: ... and the whole epochs: sums may be reassociated and multiply-adds fused, so the dot
+#: products and reductions vectorize (an inlined function compiles with its caller's flags)
+_jit_epochs = numba.njit(
+    cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"}
+)
 
 
 @_jit
@@ -207,23 +212,31 @@ def times_derivative(d, a, code):
 @_jit_inline
 def update(P, G, S1, S2, slots, one, code, lr, wd, h2, h3, h4, h5, h6):
     # Flat arrays: each parameter's update from its gradient (optimizer_rule); the rule keeps
-    # ``slots`` state arrays, S1 and S2 (a loop each, so each loop vectorizes)
+    # ``slots`` state arrays, S1 and S2. One loop per rule, each calling optimizer_rule with a
+    # constant code, so that the rule's branches fold away and the loop vectorizes
     zero = one - one
-    if slots == 0:
+    if slots == 0:  # plain SGD
         for k in range(P.shape[0]):
-            p, a, b = _rule(code, P[k], G[k], zero, zero, one, lr, wd, h2, h3, h4, h5, h6)
+            p, s1, s2 = _rule(SGD_CODE, P[k], G[k], zero, zero, one, lr, wd, h2, h3, h4, h5, h6)
             P[k] = p
-    elif slots == 1:
+    elif code == SGD_CODE:  # with momentum
         for k in range(P.shape[0]):
-            p, a, b = _rule(code, P[k], G[k], S1[k], zero, one, lr, wd, h2, h3, h4, h5, h6)
+            p, s1, s2 = _rule(SGD_CODE, P[k], G[k], S1[k], zero, one, lr, wd, h2, h3, h4, h5, h6)
             P[k] = p
-            S1[k] = a
+            S1[k] = s1
+    elif code == RMSPROP_CODE:
+        for k in range(P.shape[0]):
+            p, s1, s2 = _rule(RMSPROP_CODE, P[k], G[k], S1[k], zero, one, lr, wd, h2, h3, h4, h5,
+                              h6)  # fmt: skip
+            P[k] = p
+            S1[k] = s1
     else:
         for k in range(P.shape[0]):
-            p, a, b = _rule(code, P[k], G[k], S1[k], S2[k], one, lr, wd, h2, h3, h4, h5, h6)
+            p, s1, s2 = _rule(ADAM_CODE, P[k], G[k], S1[k], S2[k], one, lr, wd, h2, h3, h4, h5,
+                              h6)  # fmt: skip
             P[k] = p
-            S1[k] = a
-            S2[k] = b
+            S1[k] = s1
+            S2[k] = s2
 
 
 @_jit_inline
@@ -241,12 +254,9 @@ def layer_forward(A, W, b, out, m, code):
             out[r, j] = _activate(out[r, j], code)
 
 
-@numba.njit(
-    cache=True, nogil=True, error_model="numpy", inline="always", fastmath={"reassoc", "contract"}
-)
+@_jit_inline
 def layer_backward(D, W, A, out, m, code):
-    # out[:m] = (D[:m] W^T) f'(A[:m]), a dot product of two rows for each element (summed in
-    # any order, so it vectorizes)
+    # out[:m] = (D[:m] W^T) f'(A[:m]), a dot product of two rows for each element
     k, n = W.shape
     for r in range(m):
         for i in range(k):
@@ -261,11 +271,12 @@ def layer_update(A, D, W, b, gW, gb, S1W, S2W, S1b, S2b, slots, m, one, code, ro
     # dW = A[:m]^T D[:m], db = column sums of D[:m], then the update with row's numbers
     k, n = W.shape
     for i in range(k):
+        a = A[0, i]
         for j in range(n):
-            gW[i, j] = 0
+            gW[i, j] = a * D[0, j]
     for j in range(n):
-        gb[j] = 0
-    for r in range(m):
+        gb[j] = D[0, j]
+    for r in range(1, m):
         for i in range(k):
             a = A[r, i]
             for j in range(n):
@@ -278,7 +289,7 @@ def layer_update(A, D, W, b, gW, gb, S1W, S2W, S1b, S2b, slots, m, one, code, ro
     update(b, gb, S1b, S2b, slots, one, code, lr, wd * 0, h2, h3, h4, h5, h6)
 
 
-@_jit
+@_jit_epochs
 def epochs(
     W, b, S1W, S2W, S1b, S2b, slots, gW, gb, In, Z, P, Yb, D, acts, output, loss,
     X, Y, orders, batch, table, code, one, stats, saved_W, saved_b,
