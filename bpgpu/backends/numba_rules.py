@@ -20,6 +20,7 @@ from typing import Any
 import numba
 from numba import float64
 
+from bpgpu.backends import numba_math
 from bpgpu.functions import ACTIVATIONS, LOSSES, OUTPUTS
 from bpgpu.optimizers import SGD, Adam, RMSprop
 
@@ -32,19 +33,24 @@ SGD_CODE, RMSPROP_CODE, ADAM_CODE = SGD.code, RMSprop.code, Adam.code
 RULE_SCALARS = 7
 
 
-def compile_rules(jit: Callable[[Callable], Any]) -> SimpleNamespace:
+def compile_rules(
+    jit: Callable[[Callable], Any],
+    exp: Callable[[Any], Any] = math.exp,
+    tanh: Callable[[Any], Any] = math.tanh,
+) -> SimpleNamespace:
     """The rules compiled by ``jit`` (``numba.njit(...)`` for the CPU, ``cuda.jit(device=True)``
-    for the GPU); a rule calls the others through the compiled versions."""
+    for the GPU), with ``exp`` and ``tanh`` for e^x and tanh x; a rule calls the others through
+    the compiled versions."""
 
     @jit
     def activate(z, code):
         # f(z): sigmoid = (1 + tanh(z/2)) / 2 (no overflow), relu, tanh; identity otherwise
         if code == SIGMOID:
-            return 0.5 * (1.0 + math.tanh(0.5 * z))
+            return 0.5 * (1.0 + tanh(0.5 * z))
         if code == RELU:
             return z if z > 0 else 0.0 * z
         if code == TANH:
-            return math.tanh(z)
+            return tanh(z)
         return z
 
     @jit
@@ -69,7 +75,7 @@ def compile_rules(jit: Callable[[Callable], Any]) -> SimpleNamespace:
                 mx = max(mx, Z[i, j])
             s = Z[i, 0] * 0
             for j in range(n):
-                e = math.exp(Z[i, j] - mx)
+                e = exp(Z[i, j] - mx)
                 out[i, j] = e
                 s += e
             for j in range(n):
@@ -99,14 +105,14 @@ def compile_rules(jit: Callable[[Callable], Any]) -> SimpleNamespace:
             s = float64(0.0)
             ysum = float64(0.0)
             for j in range(n):
-                s += math.exp(float64(Z[i, j] - mx))
+                s += exp(float64(Z[i, j] - mx))
                 ysum += Y[i, j]
                 total -= Y[i, j] * float64(Z[i, j] - mx)
             total += math.log(s) * ysum
         elif loss == CROSS_ENTROPY:
             for j in range(n):
                 z = float64(Z[i, j])
-                total += max(z, 0.0) + math.log1p(math.exp(-abs(z))) - Y[i, j] * z
+                total += max(z, 0.0) + math.log1p(exp(-abs(z))) - Y[i, j] * z
         dot = float64(0.0)
         for j in range(n):
             g = A[i, j] - Y[i, j]
@@ -177,8 +183,11 @@ def compile_rules(jit: Callable[[Callable], Any]) -> SimpleNamespace:
 # ---- the compiled CPU path's functions (bpgpu/backends/numba_cpu.py) ----------------------------
 
 # error_model="numpy": a division by zero gives inf or NaN as in NumPy, with no check in the
-# loop, so the compiler vectorizes the loops that divide
-_cpu_rules = compile_rules(numba.njit(nogil=True, error_model="numpy", inline="always"))
+# loop, so the compiler vectorizes the loops that divide; e^x and tanh x in plain arithmetic,
+# so it vectorizes the loops that call them too
+_cpu_rules = compile_rules(
+    numba.njit(nogil=True, error_model="numpy", inline="always"), numba_math.exp, numba_math.tanh
+)
 _activate, _derivative = _cpu_rules.activate, _cpu_rules.derivative
 _row_output_delta, _rule = _cpu_rules.row_output_delta, _cpu_rules.optimizer_rule
 #: the CPU functions: cached on disk beside this file, so a process loads them compiled; the
