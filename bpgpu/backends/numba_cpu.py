@@ -123,11 +123,11 @@ class NumbaCpuBackend(NumpyBackend):
             return
         dtype = P.dtype.type
         lr, wd, *own = (dtype(v) for v in opt.kernel_scalars(t)[: numba_rules.RULE_SCALARS])
-        flat = [a.reshape(-1) for a in (P, G, *slots.values())]
-        s1 = flat[2] if len(flat) > 2 else flat[0]  # stand-ins for slots the rule does not keep
-        s2 = flat[3] if len(flat) > 3 else flat[0]
+        rows = [a.reshape(1, -1) if a.ndim == 1 else a for a in (P, G, *slots.values())]
+        s1 = rows[2] if len(rows) > 2 else rows[0]  # stand-ins for slots the rule does not keep
+        s2 = rows[3] if len(rows) > 3 else rows[0]
         numba_rules.update(
-            flat[0], flat[1], s1, s2, len(slots), dtype(1), opt.code, lr,
+            rows[0], rows[1], s1, s2, len(slots), dtype(1), opt.code, lr,
             wd if decay else dtype(0), *own,
         )  # fmt: skip
 
@@ -190,16 +190,18 @@ class NumbaCpuBackend(NumpyBackend):
         per_epoch = -(-orders.shape[1] // ws.rows)
         table = opt.kernel_scalars_table(t + 1, orders.shape[0] * per_epoch, dtype)
         slots = len(opt.slots)
+        b = tuple(v.reshape(1, -1) for v in net.b)  # the rules take a bias as one row
         # a slot the rule does not keep is given the parameters as a stand-in, never touched
         S1W, S2W = (
             tuple(s.W[opt.slots[i]] for s in states) if i < slots else tuple(net.W) for i in (0, 1)
         )
         S1b, S2b = (
-            tuple(s.b[opt.slots[i]] for s in states) if i < slots else tuple(net.b) for i in (0, 1)
+            tuple(s.b[opt.slots[i]].reshape(1, -1) for s in states) if i < slots else b
+            for i in (0, 1)
         )
         stats = np.zeros((orders.shape[0], 2))
         done = numba_rules.epochs(
-            tuple(net.W), tuple(net.b), S1W, S2W, S1b, S2b, slots, buffers.gW, buffers.gb,
+            tuple(net.W), b, S1W, S2W, S1b, S2b, slots, buffers.gW, buffers.gb,
             (ws.X, *ws.A), ws.Z, ws.P, ws.Y, tuple(ws.D),
             np.array([ACTIVATIONS[a].code for a in net.activations], np.int64),
             OUTPUTS[net.output].code, LOSSES[net.loss].code, X, Y, orders, ws.rows, table,
@@ -216,7 +218,7 @@ class NumbaCpuBackend(NumpyBackend):
             W, b = net.W, net.b
             found = _EpochBuffers(
                 gW=tuple(np.empty_like(a) for a in W),
-                gb=tuple(np.empty_like(a) for a in b),
+                gb=tuple(np.empty((1, a.shape[0]), a.dtype) for a in b),
                 saved_W=(tuple(np.empty_like(a) for a in W), tuple(np.empty_like(a) for a in W)),
                 saved_b=(tuple(np.empty_like(a) for a in b), tuple(np.empty_like(a) for a in b)),
             )

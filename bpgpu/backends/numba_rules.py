@@ -220,41 +220,48 @@ def times_derivative(d, a, code):
 
 @_jit_inline
 def update(P, G, S1, S2, slots, one, code, lr, wd, h2, h3, h4, h5, h6):
-    # Flat arrays: each parameter's update from its gradient (optimizer_rule); the rule keeps
-    # ``slots`` state arrays, S1 and S2. One loop per rule, each calling optimizer_rule with a
+    # Matrices: each parameter's update from its gradient (optimizer_rule); the rule keeps
+    # ``slots`` state matrices, S1 and S2. One loop per rule, each calling optimizer_rule with a
     # constant code, so that the rule's branches fold away and the loop vectorizes
     zero = one - one
+    rows, n = P.shape
     if slots == 0:  # plain SGD
-        for k in range(P.shape[0]):
-            p, s1, s2 = _rule(SGD_CODE, P[k], G[k], zero, zero, one, lr, wd, h2, h3, h4, h5, h6)
-            P[k] = p
+        for i in range(rows):
+            for j in range(n):
+                p, s1, s2 = _rule(SGD_CODE, P[i, j], G[i, j], zero, zero, one, lr, wd, h2, h3, h4,
+                                  h5, h6)  # fmt: skip
+                P[i, j] = p
     elif code == SGD_CODE:  # with momentum
-        for k in range(P.shape[0]):
-            p, s1, s2 = _rule(SGD_CODE, P[k], G[k], S1[k], zero, one, lr, wd, h2, h3, h4, h5, h6)
-            P[k] = p
-            S1[k] = s1
+        for i in range(rows):
+            for j in range(n):
+                p, s1, s2 = _rule(SGD_CODE, P[i, j], G[i, j], S1[i, j], zero, one, lr, wd, h2, h3,
+                                  h4, h5, h6)  # fmt: skip
+                P[i, j] = p
+                S1[i, j] = s1
     elif code == RMSPROP_CODE:
-        for k in range(P.shape[0]):
-            p, s1, s2 = _rule(RMSPROP_CODE, P[k], G[k], S1[k], zero, one, lr, wd, h2, h3, h4, h5,
-                              h6)  # fmt: skip
-            P[k] = p
-            S1[k] = s1
+        for i in range(rows):
+            for j in range(n):
+                p, s1, s2 = _rule(RMSPROP_CODE, P[i, j], G[i, j], S1[i, j], zero, one, lr, wd, h2,
+                                  h3, h4, h5, h6)  # fmt: skip
+                P[i, j] = p
+                S1[i, j] = s1
     else:
-        for k in range(P.shape[0]):
-            p, s1, s2 = _rule(ADAM_CODE, P[k], G[k], S1[k], S2[k], one, lr, wd, h2, h3, h4, h5,
-                              h6)  # fmt: skip
-            P[k] = p
-            S1[k] = s1
-            S2[k] = s2
+        for i in range(rows):
+            for j in range(n):
+                p, s1, s2 = _rule(ADAM_CODE, P[i, j], G[i, j], S1[i, j], S2[i, j], one, lr, wd, h2,
+                                  h3, h4, h5, h6)  # fmt: skip
+                P[i, j] = p
+                S1[i, j] = s1
+                S2[i, j] = s2
 
 
 @_jit_inline
 def layer_forward(A, W, b, out, m, code):
-    # out[:m] = f(A[:m] W + b): rows of W added in, so the inner loop runs along a row
+    # out[:m] = f(A[:m] W + b), b one row: rows of W added in, so the inner loop runs along a row
     k, n = W.shape
     for r in range(m):
         for j in range(n):
-            out[r, j] = b[j]
+            out[r, j] = b[0, j]
         for i in range(k):
             a = A[r, i]
             for j in range(n):
@@ -276,25 +283,26 @@ def layer_backward(D, W, A, out, m, code):
 
 
 @_jit_inline
-def layer_update(A, D, W, b, gW, gb, S1W, S2W, S1b, S2b, slots, m, one, code, row):
-    # dW = A[:m]^T D[:m], db = column sums of D[:m], then the update with row's numbers
+def layer_update(A, D, W, b, gW, gb, S1W, S2W, S1b, S2b, slots, m, one, code, table, s):
+    # dW = A[:m]^T D[:m], db = column sums of D[:m] (b and its slots one row each), then the
+    # update with the numbers of row s of table
     k, n = W.shape
     for i in range(k):
         a = A[0, i]
         for j in range(n):
             gW[i, j] = a * D[0, j]
     for j in range(n):
-        gb[j] = D[0, j]
+        gb[0, j] = D[0, j]
     for r in range(1, m):
         for i in range(k):
             a = A[r, i]
             for j in range(n):
                 gW[i, j] += a * D[r, j]
         for j in range(n):
-            gb[j] += D[r, j]
-    lr, wd, h2, h3, h4, h5, h6 = row[0], row[1], row[2], row[3], row[4], row[5], row[6]
-    update(W.reshape(-1), gW.reshape(-1), S1W.reshape(-1), S2W.reshape(-1), slots, one,
-           code, lr, wd, h2, h3, h4, h5, h6)  # fmt: skip
+            gb[0, j] += D[r, j]
+    lr, wd, h2, h3 = table[s, 0], table[s, 1], table[s, 2], table[s, 3]
+    h4, h5, h6 = table[s, 4], table[s, 5], table[s, 6]
+    update(W, gW, S1W, S2W, slots, one, code, lr, wd, h2, h3, h4, h5, h6)
     update(b, gb, S1b, S2b, slots, one, code, lr, wd * 0, h2, h3, h4, h5, h6)
 
 
@@ -316,7 +324,7 @@ def epochs(
     for e in range(orders.shape[0]):
         for l in range(L):
             saved_W[e % 2][l][...] = W[l]
-            saved_b[e % 2][l][...] = b[l]
+            saved_b[e % 2][l][...] = b[l][0]
         total = 0.0
         correct = 0.0
         for start in range(0, n, batch):
@@ -336,7 +344,7 @@ def epochs(
                 if l > 0:
                     layer_backward(D[l], W[l], In[l], D[l - 1], m, acts[l - 1])
                 layer_update(In[l], D[l], W[l], b[l], gW[l], gb[l], S1W[l], S2W[l],
-                             S1b[l], S2b[l], slots, m, one, code, table[s])  # fmt: skip
+                             S1b[l], S2b[l], slots, m, one, code, table, s)  # fmt: skip
             s += 1
         stats[e, 0] = total
         stats[e, 1] = correct
