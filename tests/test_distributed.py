@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -274,7 +275,9 @@ def test_ctrl_c_stops_every_rank_after_the_same_step(tmp_path):
             out, err = proc.communicate()
             pytest.fail(f"the job hung after Ctrl-C:\n{out[-2000:]}\n{err[-2000:]}")
     assert proc.returncode == 130, out[-2000:] + err[-2000:]
-    assert err.count("bpgpu: training interrupted in epoch") == 1, err[-2000:]
+    # The signal lands inside an epoch or between two: an XOR epoch is a few steps.
+    reports = re.findall(r"bpgpu: training interrupted (?:in|after) epoch \d+", err)
+    assert len(reports) == 1, err[-2000:]
     assert out.count("test accuracy:") == 1
 
 
