@@ -12,6 +12,9 @@ Both work in float64 whatever the dtype of their argument:
 
 NaN gives NaN, +-inf the limits, -0 keeps its sign in tanh; tests/test_numba_math.py holds them to
 NumPy on every range and special value.
+
+numba's disk cache of the compiled rules is keyed on numba_rules.py alone, not on this file: after
+editing here, touch numba_rules.py (or delete its __pycache__) so that they compile again.
 """
 
 from __future__ import annotations
