@@ -13,9 +13,7 @@ code around it. Writes OUT/products.md and OUT/products.json.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import time
 from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
@@ -32,6 +30,7 @@ from bpgpu.benchmark.systems import (
     prepare_torch,
     torch_status,
 )
+from bpgpu.benchmark.timing import interleaved, warm_up
 from bpgpu.benchmark.workloads import CPU_COMPARE, Workload, parse_workload
 from bpgpu.files import write_text
 from bpgpu.optimizers import make_optimizer
@@ -79,69 +78,54 @@ def jax_products(w: Workload, rng: np.random.Generator) -> Callable[[], None]:
     return lambda: jax.block_until_ready(products(A, W, D))
 
 
-def systems(w: Workload) -> dict[str, Callable[[], None]]:
-    """What is timed for one workload, each a callable running one step (or its products)."""
+def products_system(run: Callable[[], None]) -> Prepared:
+    """Products alone as a system ``interleaved`` can time (each call waits for its results)."""
+    return Prepared(step=lambda i: run(), sync=lambda: None, state=list, device="cpu")
+
+
+def systems(w: Workload) -> dict[str, Prepared]:
+    """What is timed for one workload: whole steps, and the products alone."""
     opt = make_optimizer("rmsprop")
     data = make_data(w, 8, 0)
     rng = np.random.default_rng(0)
-    found: dict[str, Callable[[], None]] = {}
-
-    def stepper(prepared: Prepared) -> Callable[[], None]:
-        counter = itertools.count()
-
-        def run() -> None:
-            prepared.step(next(counter))
-            prepared.sync()
-
-        return run
-
-    found["numba-cpu step"] = stepper(prepare_bpgpu("numba-cpu", w, opt, data, 0))
-    found["numpy products"] = eager_products(w, rng, np.asarray, np.empty_like, np.matmul)
+    found = {
+        "numba-cpu step": prepare_bpgpu("numba-cpu", w, opt, data, 0),
+        "numpy products": products_system(
+            eager_products(w, rng, np.asarray, np.empty_like, np.matmul)
+        ),
+    }
     if torch_status() is None:
         import torch
 
-        found["torch-eager step"] = stepper(prepare_torch(w, opt, data, 0, "cpu", False))
-        found["torch products"] = eager_products(
-            w, rng, torch.from_numpy, torch.empty_like, torch.matmul
+        found["torch-eager step"] = prepare_torch(w, opt, data, 0, "cpu", False)
+        found["torch products"] = products_system(
+            eager_products(w, rng, torch.from_numpy, torch.empty_like, torch.matmul)
         )
     if jax_status() is None:
-        found["jax-jit step"] = stepper(prepare_jax(w, opt, data, 0))
-        found["jax products"] = jax_products(w, rng)
+        found["jax-jit step"] = prepare_jax(w, opt, data, 0)
+        found["jax products"] = products_system(jax_products(w, rng))
     return found
 
 
-def measure(w: Workload, repeats: int, block: int, settle_s: float) -> dict[str, float]:
-    """Median ms of each system, blocks of ``block`` calls, the systems interleaved."""
-    found = systems(w)
-    for run in found.values():  # compile and warm up
-        for _ in range(3):
-            run()
-    times: dict[str, list[float]] = {name: [] for name in found}
-    for _ in range(repeats):
-        for name, run in found.items():
-            time.sleep(settle_s)  # let the thread pools park, as bpgpu bench does
-            start = time.perf_counter()
-            for _ in range(block):
-                run()
-            times[name].append((time.perf_counter() - start) / block * 1e3)
-    return {name: float(np.median(t)) for name, t in times.items()}
-
-
-def report(results: dict[str, dict[str, float]], host: dict) -> str:
+def report(results: dict[str, dict[str, dict]], host: dict) -> str:
+    """The markdown table: median ms [IQR] of each system, and NumPy's products' share."""
     names = list(dict.fromkeys(n for r in results.values() for n in r))
     lines = [
         "# A CPU step and its matrix products",
         "",
         f"Host: {host['cpu']}, {host['cores']} cores; load average at start "
-        f"{host['load_average']}; commit {host['git_commit']}; float32, RMSprop; median ms "
-        "over interleaved blocks (python bench/step_products.py).",
+        f"{host['load_average']}, at the end {host['load_average_end']}; commit "
+        f"{host['git_commit']}; float32, RMSprop; median ms [IQR] over interleaved blocks, the "
+        "order rotating each round (python bench/step_products.py).",
         "",
         "| workload | " + " | ".join(names) + " | NumPy products / numba-cpu step |",
         "|---" * (len(names) + 2) + "|",
     ]
     for workload, r in results.items():
-        share = r["numpy products"] / r["numba-cpu step"]
-        cells = " | ".join(f"{r[n]:.3g}" if n in r else "-" for n in names)
+        share = r["numpy products"]["median_ms"] / r["numba-cpu step"]["median_ms"]
+        cells = " | ".join(
+            f"{r[n]['median_ms']:.3g} [{r[n]['iqr_ms']:.2g}]" if n in r else "-" for n in names
+        )
         lines.append(f"| {workload} | {cells} | {share:.2f} |")
     return "\n".join(lines) + "\n"
 
@@ -151,14 +135,20 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("workloads", nargs="*", type=parse_workload)
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--block", type=int, default=10)
+    parser.add_argument("--block-s", type=float, default=0.1, help="seconds a timed block lasts")
+    parser.add_argument("--budget-s", type=float, default=30.0, help="per workload")
     parser.add_argument("--settle-s", type=float, default=0.2)
     args = parser.parse_args()
     host = machine()
     results = {}
     for w in args.workloads or DEFAULT:
-        results[w.name] = measure(w, args.repeats, args.block, args.settle_s)
-        print(w.name, {k: round(v, 3) for k, v in results[w.name].items()}, flush=True)
+        found = systems(w)
+        for prepared in found.values():
+            warm_up(prepared, 3)
+        results[w.name] = interleaved(
+            found, args.repeats, args.block_s, args.budget_s, args.settle_s
+        )
+        print(w.name, {k: round(v["median_ms"], 3) for k, v in results[w.name].items()})
     host["load_average_end"] = machine()["load_average"]
     args.out.mkdir(parents=True, exist_ok=True)
     write_text(args.out / "products.md", report(results, host))

@@ -51,7 +51,7 @@ def main() -> None:
     seconds = timed_fit(
         lambda: bpgpu.MLP([64, 32, 16, 10], "sigmoid", backend=args.backend, seed=0),
         X, y, args.repeats,
-        epochs=args.digits_epochs, batch_size=1, optimizer=bpgpu.SGD(lr=0.1), shuffle=True,
+        epochs=args.digits_epochs, batch_size=1, optimizer=bpgpu.SGD(lr=0.1),
     )  # fmt: skip
     per_step = seconds / (args.digits_epochs * len(X))
     print(
